@@ -1,0 +1,241 @@
+"""Recipes: one YAML holds model, LoRA, data and trainer arguments (alignment-handbook style).
+
+Parsing leans on TRL's ``TrlParser`` (YAML values become defaults, ``--key value`` on the
+command line overrides them). What this module adds: the ``method`` key that picks the
+trainer and its config class, the AOT config fields, and errors that name the key and
+the recipe file, raised before any model or dataset loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from trl import DPOConfig, KTOConfig, ModelConfig, SFTConfig, TrlParser
+
+from .loss import PENALTIES, SORTS
+
+
+@dataclass
+class AOTArguments:
+    """The AOT-specific knobs shared by the paired-format and the unpaired-format trainer."""
+
+    aot_penalty: str = field(default="logistic", metadata={"help": f"Convex penalty h: {list(PENALTIES)}."})
+    aot_sort: str = field(default="hard", metadata={"help": f"Sorting: {list(SORTS)}."})
+    aot_sort_regularization: float | None = field(
+        default=None, metadata={"help": "Soft sort strength (soft, soft_pav); None = the sort's default."}
+    )
+    aot_sort_iterations: int | None = field(
+        default=None, metadata={"help": "Sinkhorn iterations of sort=soft; None = its default."}
+    )
+    aot_nll_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of an added NLL term on the chosen/positive completions (mean per token)."},
+    )
+    aot_global_sort: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Sort u and v over every data-parallel rank (AOT_SPEC sec. 6). None = on when world size > 1."
+        },
+    )
+    aot_positive_share: float = field(
+        default=0.5,
+        metadata={"help": "Unpaired data: share of positives in each batch (the sampler draws both classes)."},
+    )
+
+    def validate_aot(self) -> None:
+        if self.aot_penalty not in PENALTIES:
+            raise ValueError(f"aot_penalty: unknown penalty {self.aot_penalty!r}; expected one of {list(PENALTIES)}")
+        if self.aot_sort not in SORTS:
+            raise ValueError(f"aot_sort: unknown sort {self.aot_sort!r}; expected one of {list(SORTS)}")
+        if self.aot_sort == "hard" and (self.aot_sort_regularization or self.aot_sort_iterations):
+            raise ValueError("aot_sort_regularization / aot_sort_iterations apply to soft sorts only")
+        if self.aot_sort_iterations is not None and self.aot_sort != "soft":
+            raise ValueError("aot_sort_iterations applies to aot_sort: soft (Sinkhorn) only")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.aot_nll_weight < 0:
+            raise ValueError(f"aot_nll_weight must be >= 0, got {self.aot_nll_weight}")
+        if not 0 < self.aot_positive_share < 1:
+            raise ValueError(f"aot_positive_share must be in (0, 1), got {self.aot_positive_share}")
+
+    @property
+    def sort_options(self) -> dict:
+        options = {"regularization": self.aot_sort_regularization, "n_iter": self.aot_sort_iterations}
+        return {k: v for k, v in options.items() if v is not None}
+
+
+@dataclass
+class AOTConfig(AOTArguments, DPOConfig):
+    """AOT on paired-format data (prompt, chosen, rejected), on top of TRL's DPOConfig.
+
+    ``loss_type``: ``aot_paired`` (U = policy margins, V = reference margins) or
+    ``aot_unpaired`` (U = chosen log-ratios, V = rejected log-ratios), AOT_SPEC sec. 2.
+    """
+
+    loss_type: str = field(default="aot_unpaired", metadata={"help": "aot_paired or aot_unpaired."})
+    beta: float = field(default=0.01, metadata={"help": "The paper's beta for 7B models is 0.01."})
+
+    def __post_init__(self):
+        variant = self.loss_type[0] if isinstance(self.loss_type, list) and len(self.loss_type) == 1 else self.loss_type
+        if variant not in ("aot_paired", "aot_unpaired"):
+            raise ValueError(f"loss_type must be 'aot_paired' or 'aot_unpaired', got {self.loss_type!r}")
+        self.loss_type = variant
+        self.validate_aot()
+        if self.ld_alpha is not None or self.use_weighting or self.f_divergence_type != "reverse_kl":
+            raise ValueError("ld_alpha, use_weighting and f_divergence_type are DPO options AOT does not use")
+        super().__post_init__()  # TRL keeps loss_type as a one-element list from here on
+
+    @property
+    def aot_variant(self) -> str:
+        return self.loss_type[0]
+
+
+@dataclass
+class AOTUnpairedConfig(AOTArguments, KTOConfig):
+    """AOT on truly unpaired data (prompt, completion, label), on top of TRL's KTOConfig.
+
+    TRL's ``loss_type`` is fixed to ``apo_zero_unpaired`` only because that is KTOTrainer's
+    switch for not building mismatched KL completions, which AOT does not use; the loss itself
+    is ``aot_loss`` on chosen vs rejected log-ratios (the paper's unpaired AOT).
+    """
+
+    loss_type: str = field(default="apo_zero_unpaired", metadata={"help": "Fixed; see the class docstring."})
+    beta: float = field(default=0.01, metadata={"help": "The paper's beta for 7B models is 0.01."})
+
+    def __post_init__(self):
+        if self.loss_type != "apo_zero_unpaired":
+            raise ValueError("AOTUnpairedConfig.loss_type is fixed; choose the method with the recipe's `method` key")
+        self.validate_aot()
+        super().__post_init__()
+
+    @property
+    def aot_variant(self) -> str:
+        return "aot_unpaired"
+
+
+@dataclass
+class RecipeArguments:
+    """Recipe keys that are neither model nor trainer arguments."""
+
+    method: str = field(default="", metadata={"help": f"One of {sorted(['aot_paired', 'aot_unpaired', 'dpo', 'ipo', 'kto', 'sft'])}."})
+    dataset_mixture: dict | None = field(default=None, metadata={"help": "Datasets block; see data.py."})
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Defaults to the model's."})
+    chat_template: str | None = field(default=None, metadata={"help": "A Jinja chat template to set on the tokenizer."})
+    requires: list[str] | None = field(
+        default=None, metadata={"help": "Recipes whose runs must exist first (trained if missing), e.g. the SFT stage."}
+    )
+    tiny_assets: str | None = field(
+        default=None, metadata={"help": "Build the offline tiny model and task into this folder if missing."}
+    )
+    summary: bool = field(default=True, metadata={"help": "Evaluate on the test split and print a summary at the end."})
+
+
+# method -> (trainer config class, data format it needs, TRL loss_type it sets)
+METHODS: dict[str, tuple[type, str, str | None]] = {
+    "aot_paired": (AOTConfig, "paired", "aot_paired"),
+    "aot_unpaired": (AOTConfig, "paired_or_unpaired", "aot_unpaired"),
+    "dpo": (DPOConfig, "paired", "sigmoid"),
+    "ipo": (DPOConfig, "paired", "ipo"),
+    "kto": (KTOConfig, "unpaired", "kto"),
+    "sft": (SFTConfig, "sft", None),
+}
+
+
+@dataclass
+class Recipe:
+    path: str
+    method: str
+    recipe: RecipeArguments
+    model: ModelConfig
+    training: typing.Any  # the method's trainer config (AOTConfig, DPOConfig, ...)
+    raw: dict  # the YAML mapping with the defaults filled in (provenance, re-parsing)
+    overrides: list[str]  # the command-line overrides applied on top of it
+
+
+def _read_yaml(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"recipe file not found: {path}")
+    with open(path) as f:
+        try:
+            config = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a recipe must be a YAML mapping of keys to values")
+    return config
+
+
+def _method_from(args: list[str], config: dict, path: str) -> str:
+    method = config.get("method")
+    if "--method" in args:
+        method = args[args.index("--method") + 1]
+    if method not in METHODS:
+        raise ValueError(f"{path}: key 'method' must be one of {sorted(METHODS)}, got {method!r}")
+    return method
+
+
+def _check_types(classes: list[type], values: dict, path: str) -> None:
+    """YAML values bypass argparse's type conversion, so check them against the annotations here."""
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in values:
+                continue
+            value, hint = values[f.name], hints[f.name]
+            union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+            allowed = {typing.get_origin(a) or a for a in (typing.get_args(hint) if union else (hint,))}
+            if typing.Any in allowed or typing.Literal in allowed or any(not isinstance(a, type) for a in allowed):
+                continue
+            if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+                continue
+            if value is None and type(None) in allowed:
+                continue
+            if not isinstance(value, tuple(allowed)) or (isinstance(value, bool) and bool not in allowed):
+                raise ValueError(f"{path}: key {f.name!r} expects {hint}, got {value!r} ({type(value).__name__})")
+
+
+def parse_recipe(path: str, overrides: list[str] | None = None, *, config_class: type | None = None) -> Recipe:
+    """Parse a recipe YAML plus ``--key value`` overrides; raise naming the key and the file."""
+    overrides = list(overrides or [])
+    raw = _read_yaml(path)
+    method = _method_from(overrides, raw, path)
+    config_class = config_class or METHODS[method][0]
+    loss_type = METHODS[method][2]
+    if "loss_type" in raw and raw["loss_type"] != loss_type and config_class is not AOTUnpairedConfig:
+        raise ValueError(f"{path}: key 'loss_type' is set by 'method: {method}'; remove it")
+    defaults = {"output_dir": str(Path("runs") / f"{Path(path).parent.name}-{Path(path).stem}")}
+    if loss_type and config_class is not AOTUnpairedConfig:
+        defaults["loss_type"] = loss_type
+    merged = {**defaults, **raw}
+    parser = TrlParser([RecipeArguments, ModelConfig, config_class])
+    _check_types([RecipeArguments, ModelConfig, config_class], merged, path)
+    # TrlParser reads the YAML from a file; hand it the merged mapping through a temporary one.
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as tmp:
+        yaml.safe_dump(merged, tmp)
+    try:
+        recipe_args, model_args, training_args = parser.parse_args_and_config(
+            ["--config", tmp.name, *overrides], fail_with_unknown_args=True
+        )
+    except ValueError as err:
+        message = str(err)
+        if "Unknown arguments from config file" in message:
+            unknown = [s.lstrip("-") for s in message.split("[", 1)[1].split("]", 1)[0].replace("'", "").split(", ")]
+            keys = [k for k in unknown if k in raw or k.split("=")[0] in raw]
+            raise ValueError(f"{path}: unknown key(s) {keys or unknown} for method {method!r}") from None
+        if "not used by the HfArgumentParser" in message:
+            raise ValueError(f"{path}: unknown command-line override(s) {message.split(': ', 1)[1]}") from None
+        raise ValueError(f"{path}: {message}") from err
+    finally:
+        os.unlink(tmp.name)
+    if not recipe_args.dataset_mixture:
+        raise ValueError(f"{path}: key 'dataset_mixture' is required")
+    if not model_args.model_name_or_path:
+        raise ValueError(f"{path}: key 'model_name_or_path' is required")
+    return Recipe(path, method, recipe_args, model_args, training_args, merged, overrides)

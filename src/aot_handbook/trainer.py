@@ -1,0 +1,217 @@
+"""AOT trainers on TRL (pinned: trl 1.16; tests/test_trainer.py::test_trl_contract guards the hooks).
+
+- ``AOTTrainer`` (TRL ``DPOTrainer``): paired-format data (prompt, chosen, rejected), with
+  ``aot_paired`` (U = policy margins, V = reference margins) or ``aot_unpaired`` (U = chosen
+  log-ratios, V = rejected log-ratios). TRL's tokenization, collator, PEFT reference and
+  precomputed reference log-probs are used as they are; only ``_compute_loss`` is ours.
+- ``UnpairedAOTTrainer`` (TRL ``KTOTrainer``): truly unpaired data (prompt, completion, label),
+  one response per row. Each batch draws positives and negatives independently
+  (``BalancedLabelSampler``), so n != m; ``aot_loss`` handles that exactly. TRL has no AOT here.
+
+TRL's own ``aot``/``aot_unpaired`` losses sort per device and use the logistic penalty only;
+these add the other penalties, soft sorts, unequal batch sizes, the global sort across
+data-parallel ranks (AOT_SPEC sec. 6) and FSD diagnostics in the logs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+from trl import DPOTrainer, KTOTrainer
+
+from .diagnostics import fsd_diagnostics
+from .loss import aot_loss
+
+# Batch keys that are not model inputs (TRL's DPO and KTO collators).
+_NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", "label", "ref_logps"}
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate a 1-D tensor of any per-rank length over all ranks, keeping autograd.
+
+    The autograd all-gather's backward sums, for each rank's shard, the gradients every
+    rank sends back. Every rank computes the same global loss L, so a shard receives
+    R * dL/dshard; DDP/FSDP/ZeRO then average parameter gradients over the R ranks, which
+    gives exactly the gradient of the single-process loss on the global batch (tested).
+    """
+    from torch.distributed.nn.functional import all_gather
+
+    world = dist.get_world_size()
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([x.numel()], device=x.device))
+    sizes = [int(s) for s in sizes]
+    padded = torch.cat([x, x.new_zeros(max(sizes) - x.numel())])
+    return torch.cat([part[:n] for part, n in zip(all_gather(padded), sizes)])
+
+
+class _AOTObjective:
+    """The AOT part shared by both trainers: (u, v) -> loss, with optional global sort and logs."""
+
+    def _global_sort(self) -> bool:
+        flag = self.args.aot_global_sort
+        multi = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        return multi if flag is None else (flag and multi)
+
+    def _aot_objective(self, u: torch.Tensor, v: torch.Tensor, mode: str) -> torch.Tensor:
+        if self._global_sort():
+            u, v = gather_with_grad(u), gather_with_grad(v)
+        if u.numel() == 0 or v.numel() == 0:
+            raise ValueError(
+                f"AOT needs both sides in every batch, got {u.numel()} U and {v.numel()} V samples "
+                "(unpaired data: check both labels are present and the batch size is >= 2)"
+            )
+        for name, x in (("U", u), ("V", v)):
+            if not torch.isfinite(x).all():
+                raise FloatingPointError(
+                    f"non-finite {name} ({self.args.aot_variant}) at global step {self.state.global_step}: "
+                    "the policy or reference log-probs overflowed; lower the learning rate or check the data"
+                )
+        loss = aot_loss(
+            u,
+            v,
+            beta=self.args.beta,
+            penalty=self.args.aot_penalty,
+            sort=self.args.aot_sort,
+            label_smoothing=getattr(self.args, "label_smoothing", 0.0),
+            **self.args.sort_options,
+        )
+        # Logged diagnostics describe the set that was sorted: the global batch when gathered.
+        scope = "global" if self._global_sort() else "local"
+        diag = fsd_diagnostics(u, v)
+        if scope == "local" and dist.is_available() and dist.is_initialized():
+            diag = {k: self.accelerator.gather_for_metrics(torch.tensor(val, device=u.device)).mean().item()
+                    for k, val in diag.items()}
+        for key, value in diag.items():
+            self._metrics[mode][f"aot/{key}"].append(value)
+        self._metrics[mode]["aot/loss"].append(loss.item())
+        return loss
+
+    def _nll(self, per_token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood per completion token (TRL's "sft" term)."""
+        return -per_token_logps[mask.bool()].mean()
+
+    def _log_rewards(self, mode, chosen_logratios, rejected_logratios, chosen_logps, rejected_logps):
+        beta = self.args.beta
+        gather = self.accelerator.gather_for_metrics
+        chosen_r, rejected_r = gather(beta * chosen_logratios.detach()), gather(beta * rejected_logratios.detach())
+        self._metrics[mode]["rewards/chosen"].append(chosen_r.mean().item())
+        self._metrics[mode]["rewards/rejected"].append(rejected_r.mean().item())
+        self._metrics[mode]["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
+        self._metrics[mode]["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
+        if chosen_r.shape == rejected_r.shape:  # paired rows: per-pair accuracy and margin
+            self._metrics[mode]["rewards/accuracies"].append((chosen_r > rejected_r).float().mean().item())
+            self._metrics[mode]["rewards/margins"].append((chosen_r - rejected_r).mean().item())
+
+
+class AOTTrainer(_AOTObjective, DPOTrainer):
+    """AOT on paired-format data. ``args``: ``AOTConfig``."""
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        mode = "train" if self.model.training else "eval"
+        completion_mask = inputs["completion_mask"]
+        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        outputs = model(**model_kwargs, labels=labels, use_cache=False, fused_lm_head=True)
+        shift_mask = completion_mask[..., 1:]
+        per_token_logps = outputs.log_probs[:, -shift_mask.size(1) :]  # PEFT prompt tuning prepends tokens
+        chosen_logps, rejected_logps = per_token_logps.sum(dim=1).chunk(2, dim=0)  # batch is [chosen, rejected]
+
+        if self.precompute_ref_logps:
+            ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        else:  # TRL's reference pass: ref_model, or the PEFT model with its adapters disabled
+            ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(self.ref_model or self.model, inputs)
+
+        chosen_logratios = chosen_logps - ref_chosen_logps
+        rejected_logratios = rejected_logps - ref_rejected_logps
+        if self.args.aot_variant == "aot_paired":
+            u, v = chosen_logps - rejected_logps, ref_chosen_logps - ref_rejected_logps
+        else:
+            u, v = chosen_logratios, rejected_logratios
+        loss = self._aot_objective(u, v, mode)
+        if self.args.aot_nll_weight:
+            chosen_token_logps, _ = per_token_logps.chunk(2, dim=0)
+            nll = self._nll(chosen_token_logps, shift_mask.chunk(2, dim=0)[0])
+            self._metrics[mode]["nll"].append(nll.item())
+            loss = loss + self.args.aot_nll_weight * nll
+        self._log_rewards(mode, chosen_logratios, rejected_logratios, chosen_logps, rejected_logps)
+        return (loss, outputs) if return_outputs else loss
+
+
+class BalancedLabelSampler(Sampler[int]):
+    """Index order whose every consecutive ``batch_size`` chunk holds both labels.
+
+    Each chunk draws ``round(share * batch_size)`` positives and the rest negatives, each
+    class from its own shuffled pool (reshuffled when used up), so positives and negatives
+    are drawn independently, as unpaired AOT assumes. The DataLoader batches the order by
+    ``batch_size``; accelerate hands whole batches to ranks, so every rank sees both classes.
+    """
+
+    def __init__(self, labels, batch_size: int, share: float = 0.5, seed: int = 0):
+        labels = torch.as_tensor(list(labels), dtype=torch.bool)
+        self.pos, self.neg = labels.nonzero().flatten(), (~labels).nonzero().flatten()
+        if len(self.pos) == 0 or len(self.neg) == 0:
+            raise ValueError(
+                f"unpaired AOT needs both labels, got {len(self.pos)} positive and {len(self.neg)} negative rows"
+            )
+        if batch_size < 2:
+            raise ValueError(f"unpaired AOT needs per-device batch size >= 2 (one of each label), got {batch_size}")
+        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
+        self.n_pos = min(max(round(share * batch_size), 1), batch_size - 1)
+        self.n_batches = math.ceil(len(labels) / batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _stream(self, pool, generator):
+        while True:
+            yield from pool[torch.randperm(len(pool), generator=generator)].tolist()
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        pos, neg = self._stream(self.pos, g), self._stream(self.neg, g)
+        for _ in range(self.n_batches):
+            chunk = [next(pos) for _ in range(self.n_pos)] + [next(neg) for _ in range(self.batch_size - self.n_pos)]
+            yield from (chunk[i] for i in torch.randperm(len(chunk), generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n_batches * self.batch_size
+
+
+class UnpairedAOTTrainer(_AOTObjective, KTOTrainer):
+    """AOT on truly unpaired data (prompt, completion, label). ``args``: ``AOTUnpairedConfig``."""
+
+    def _balanced(self, dataset, batch_size, seed):
+        return BalancedLabelSampler(dataset["label"], batch_size, self.args.aot_positive_share, seed)
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return self._balanced(dataset, self.args.per_device_train_batch_size, self.args.seed)
+
+    def _get_eval_sampler(self, eval_dataset):
+        return self._balanced(eval_dataset, self.args.per_device_eval_batch_size, 0)
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        mode = "train" if self.model.training else "eval"
+        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        outputs = model(**model_kwargs, labels=labels, use_cache=False, fused_lm_head=True)
+        seq_len = inputs["input_ids"].size(1) - 1
+        per_token_logps = outputs.log_probs[:, -seq_len:]
+        logps = per_token_logps.sum(-1)
+        if self.precompute_ref_logps:
+            ref_logps = inputs["ref_logps"]
+        else:
+            ref_logps, _ = self.compute_ref_log_probs(self.ref_model or self.model, inputs)
+
+        positive = torch.as_tensor(inputs["label"], dtype=torch.bool, device=logps.device)
+        logratios = logps - ref_logps
+        loss = self._aot_objective(logratios[positive], logratios[~positive], mode)
+        if self.args.aot_nll_weight:
+            nll = self._nll(per_token_logps[positive], inputs["completion_mask"][positive, 1:])
+            self._metrics[mode]["nll"].append(nll.item())
+            loss = loss + self.args.aot_nll_weight * nll
+        self._log_rewards(mode, logratios[positive], logratios[~positive], logps[positive], logps[~positive])
+        return (loss, outputs) if return_outputs else loss
