@@ -138,3 +138,21 @@ def test_trl_contract():
     assert 'calculate_kl = args.loss_type not in ["apo_zero_unpaired"]' in inspect.getsource(KTOTrainer.__init__)
     assert "_get_train_sampler" in KTOTrainer.__dict__ or hasattr(KTOTrainer, "_get_train_sampler")
     assert list(inspect.signature(KTOTrainer._get_train_sampler).parameters)[:2] == ["self", "train_dataset"]
+    from trl.data_utils import _tokenize, common_prefix_length  # noqa: F401  (heldout.py mirrors TRL with them)
+
+
+def test_heldout_logps_equal_trl_reference_logps(tiny, tmp_path):
+    """The summary's log-probs (heldout.py) are computed on exactly the tokens TRL trains on."""
+    from aot_handbook.heldout import completion_logps
+
+    data = _data(tiny, "paired_test", 12)
+    tokenizer = AutoTokenizer.from_pretrained(tiny["tokenizer"])
+    args = DPOConfig(output_dir=str(tmp_path), per_device_eval_batch_size=12, **CPU)
+    trainer = DPOTrainer(model=_model(tiny), ref_model=_model(tiny), args=args, train_dataset=data,
+                         processing_class=tokenizer)
+    batch = next(iter(trainer.get_eval_dataloader(trainer.train_dataset)))  # unshuffled
+    trl_chosen, trl_rejected = trainer.compute_ref_log_probs(trainer.ref_model, batch)
+    torch.testing.assert_close(completion_logps(trainer.ref_model, tokenizer, data["prompt"], data["chosen"]).float(),
+                               trl_chosen, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(completion_logps(trainer.ref_model, tokenizer, data["prompt"], data["rejected"]).float(),
+                               trl_rejected, rtol=1e-5, atol=1e-5)

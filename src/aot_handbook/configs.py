@@ -208,11 +208,14 @@ def parse_recipe(path: str, overrides: list[str] | None = None, *, config_class:
     method = _method_from(overrides, raw, path)
     config_class = config_class or METHODS[method][0]
     loss_type = METHODS[method][2]
-    if "loss_type" in raw and raw["loss_type"] != loss_type and config_class is not AOTUnpairedConfig:
+    if "loss_type" in raw and raw["loss_type"] not in (loss_type, [loss_type]) and config_class is not AOTUnpairedConfig:
         raise ValueError(f"{path}: key 'loss_type' is set by 'method: {method}'; remove it")
     defaults = {"output_dir": str(Path("runs") / f"{Path(path).parent.name}-{Path(path).stem}")}
     if loss_type and config_class is not AOTUnpairedConfig:
-        defaults["loss_type"] = loss_type
+        is_list = typing.get_origin(typing.get_type_hints(config_class)["loss_type"]) is list
+        defaults["loss_type"] = [loss_type] if is_list else loss_type
+        if raw.get("loss_type") in ([loss_type], loss_type):
+            raw = {k: v for k, v in raw.items() if k != "loss_type"}
     merged = {**defaults, **raw}
     parser = TrlParser([RecipeArguments, ModelConfig, config_class])
     _check_types([RecipeArguments, ModelConfig, config_class], merged, path)

@@ -7,26 +7,33 @@ rewards; Fig. 1b: policy vs reference chosen-to-rejected margins).
 from __future__ import annotations
 
 import torch
-from trl.data_utils import maybe_apply_chat_template
+from trl.data_utils import _tokenize, common_prefix_length
 
 from .diagnostics import fsd_diagnostics
 
 
+def _tokenize_like_trl(tokenizer, prompt, completion) -> tuple[list[int], int]:
+    """Token ids of prompt + completion and the prompt length, exactly as TRL's DPO/KTO tokenization
+    builds them (special tokens, chat template, EOS appended to plain-text completions)."""
+    if isinstance(prompt, list):  # conversational
+        prompt_ids = _tokenize(tokenizer, prompt, add_generation_prompt=True)["input_ids"]
+        ids = _tokenize(tokenizer, prompt + completion)["input_ids"]
+    else:
+        prompt_ids = _tokenize(tokenizer, prompt)["input_ids"]
+        ids = _tokenize(tokenizer, prompt + completion + (tokenizer.eos_token or ""))["input_ids"]
+    return ids, common_prefix_length(prompt_ids, ids)
+
+
 @torch.no_grad()
 def completion_logps(model, tokenizer, prompts, completions, *, batch_size: int = 64) -> torch.Tensor:
-    """``log pi(y|x)`` summed over completion tokens (+ EOS, as TRL appends it), prompt masked out."""
+    """``log pi(y|x)`` summed over completion tokens, prompt masked out (TRL's tokenization)."""
     model.eval()
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(prompts), batch_size):
         rows = []
         for prompt, completion in zip(prompts[start : start + batch_size], completions[start : start + batch_size]):
-            text = maybe_apply_chat_template({"prompt": prompt, "completion": completion}, tokenizer)
-            p = tokenizer(text["prompt"], add_special_tokens=False)["input_ids"]
-            c = tokenizer(text["completion"], add_special_tokens=False)["input_ids"]
-            if tokenizer.eos_token_id is not None and (not c or c[-1] != tokenizer.eos_token_id):
-                c = c + [tokenizer.eos_token_id]
-            rows.append((p + c, len(p)))
+            rows.append(_tokenize_like_trl(tokenizer, prompt, completion))
         width = max(len(ids) for ids, _ in rows)
         input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(input_ids)

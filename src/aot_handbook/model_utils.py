@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import ModelConfig, get_kbit_device_map, get_quantization_config
+from accelerate import PartialState
+from trl import ModelConfig, get_quantization_config
 
 from .configs import RecipeArguments
 
@@ -13,7 +14,6 @@ def load_tokenizer(model_args: ModelConfig, recipe_args: RecipeArguments):
     tokenizer = AutoTokenizer.from_pretrained(
         recipe_args.tokenizer_name_or_path or model_args.model_name_or_path,
         revision=model_args.model_revision,
-        trust_remote_code=model_args.trust_remote_code,
     )
     if recipe_args.chat_template:
         tokenizer.chat_template = recipe_args.chat_template
@@ -28,11 +28,11 @@ def load_model(model_args: ModelConfig, *, for_reference: bool = False):
     model = AutoModelForCausalLM.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
-        trust_remote_code=model_args.trust_remote_code,
         attn_implementation=model_args.attn_implementation,
         dtype=dtype if dtype in (None, "auto") else getattr(torch, dtype),
         quantization_config=quantization,
-        device_map=get_kbit_device_map() if quantization is not None else None,
+        # k-bit weights must be placed at load time: each process on its own device
+        device_map={"": PartialState().local_process_index} if quantization is not None else None,
     )
     if for_reference:
         model.eval().requires_grad_(False)

@@ -1,0 +1,18 @@
+#!/usr/bin/env python
+"""Train from a recipe: python scripts/train.py RECIPE.yaml [--key value ...]
+
+The recipe's `method` picks the trainer (aot_paired, aot_unpaired, dpo, ipo, kto, sft);
+every recipe key can be overridden on the command line.
+"""
+
+import sys
+
+from aot_handbook.run import train
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
+        sys.exit(__doc__)
+    try:
+        train(sys.argv[1], sys.argv[2:])
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")

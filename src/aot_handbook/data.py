@@ -1,0 +1,305 @@
+"""A recipe's `dataset_mixture` block -> train/test `datasets.Dataset`s in the format a method needs.
+
+Formats use TRL's column names (FORMATS): paired for DPO, IPO and AOT paired; unpaired for KTO and AOT
+unpaired (AOT_SPEC sec. 2); sft. Values stay plain strings or conversational {role, content} lists, as TRL
+takes them: the trainers apply chat templates. Keys of one dataset entry (defaults as in DatasetSpec):
+
+    path: HuggingFaceH4/ultrafeedback_binarized  # hub id or folder for load_dataset; or omit, give data_files
+    data_files: {train_prefs: data/train.jsonl}  # split -> file(s), .json .jsonl .parquet .csv (relative to cwd)
+    name, revision, train_split, test_split       # test_split: null = this dataset has none
+    weight: 0.5                                   # share (0, 1] of the train split kept, after a seeded shuffle
+    columns: {prompt: question}                   # OUR column name <- THEIR column name
+    binarize: {score: [helpfulness, coherence], threshold: median}  # label = sum of scores > threshold
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from trl.data_utils import maybe_extract_prompt, unpair_preference_dataset
+
+logger = logging.getLogger(__name__)
+
+FORMATS = {
+    "paired": ("prompt", "chosen", "rejected"),
+    "unpaired": ("prompt", "completion", "label"),
+    "sft": ("prompt", "completion"),
+}
+TARGETS = ("paired", "unpaired", "paired_or_unpaired", "sft")
+TEXT_COLUMNS = ("prompt", "chosen", "rejected", "completion")
+BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+NONE = type(None)
+
+
+def score_threshold(train_scores, threshold: float | str = "median") -> float:
+    """The cut for `binarize`: a number, or "median" of the train split's scores. The paper binarizes
+    HelpSteer and BeaverTails at the median of the summed attribute scores (AOT_SPEC sec. 2)."""
+    return float(np.median(np.asarray(train_scores, dtype=float))) if threshold == "median" else float(threshold)
+
+
+def binarize(scores, threshold: float | str = "median") -> list[bool]:
+    """label = score > threshold; at the median, ties go negative."""
+    cut = score_threshold(scores, threshold)
+    return [bool(s > cut) for s in np.asarray(scores, dtype=float)]
+
+
+def _check_keys(d: Any, where: str, source: str, types: dict) -> dict:
+    """Unknown keys and wrong types, named by their recipe path (a bool is not accepted as a number)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{source}: '{where}' must be a mapping, got {type(d).__name__}")
+    for key, value in d.items():
+        if key not in types:
+            raise ValueError(f"{source}: unknown key '{where}.{key}' (known: {sorted(types)})")
+        ok = types[key] if isinstance(types[key], tuple) else (types[key],)
+        if not isinstance(value, ok) or (isinstance(value, bool) and bool not in ok):
+            names = " or ".join("null" if t is NONE else t.__name__ for t in ok)
+            raise ValueError(f"{source}: '{where}.{key}' must be {names}, got {value!r}")
+    return d
+
+
+def _as_list(files: str | list[str]) -> list[str]:
+    return [files] if isinstance(files, str) else files
+
+
+@dataclass
+class DatasetSpec:
+    """One entry of `dataset_mixture.datasets` (see the module docstring)."""
+
+    path: str | None = None
+    name: str | None = None
+    revision: str | None = None
+    data_files: dict[str, str | list[str]] | None = None
+    train_split: str = "train"
+    test_split: str | None = "test"
+    weight: float = 1.0
+    columns: dict[str, str] | None = None
+    binarize: dict[str, Any] | None = None
+
+    @property
+    def title(self) -> str:
+        return self.path or _as_list(next(iter(self.data_files.values())))[0]
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str, where: str = "dataset_mixture.datasets[0]") -> DatasetSpec:
+        opt = lambda t: (t, NONE)  # noqa: E731
+        types = {"path": opt(str), "name": opt(str), "revision": opt(str), "data_files": opt(dict),
+                 "train_split": str, "test_split": opt(str), "weight": (int, float), "columns": opt(dict),
+                 "binarize": opt(dict)}
+        spec = cls(**_check_keys(d, where, source, types))
+        bad = lambda key, why: ValueError(f"{source}: '{where}{key}' {why}")  # noqa: E731
+        if not 0 < spec.weight <= 1:
+            raise bad(".weight", f"must be in (0, 1], got {spec.weight}")
+        if spec.path is None and not spec.data_files:
+            raise bad("", "needs 'path' (hub id or folder) or 'data_files'")
+        for split, files in (spec.data_files or {}).items():
+            if not isinstance(files, (str, list)) or not files or not all(isinstance(f, str) for f in _as_list(files)):
+                raise bad(f".data_files.{split}", f"must be a file or a list of files, got {files!r}")
+            for f in _as_list(files) if spec.path is None else []:  # with a path, files live in that repo
+                if Path(f).suffix.lower() not in BUILDERS:
+                    raise bad(f".data_files.{split}", f"has an unknown file extension: '{f}' ({sorted(BUILDERS)})")
+                if not glob.glob(f):
+                    raise bad(f".data_files.{split}", f"has no such file: '{f}'")
+        if spec.path is None and len({BUILDERS[Path(f).suffix.lower()] for f in _spec_files(spec)}) > 1:
+            raise bad(".data_files", "mixes file formats; use one dataset entry per format")
+        if spec.columns is not None and not all(isinstance(c, str) for kv in spec.columns.items() for c in kv):
+            raise bad(".columns", f"must map our column names to theirs (strings), got {spec.columns!r}")
+        if spec.binarize is not None:
+            score = spec.binarize.get("score")
+            if set(spec.binarize) - {"score", "threshold"} or not score or not isinstance(score, (str, list)) \
+                    or not all(isinstance(s, str) for s in _as_list(score)):
+                raise bad(".binarize", f"takes 'score' (a column or a list of columns summed) and 'threshold' "
+                          f"(\"median\" or a number), got {spec.binarize!r}")
+            spec.binarize = {"threshold": "median", **spec.binarize}  # a copy: the recipe dict stays as written
+            t = spec.binarize["threshold"]
+            if t != "median" and (isinstance(t, bool) or not isinstance(t, (int, float))):
+                raise bad(".binarize.threshold", f"must be \"median\" or a number, got {t!r}")
+        return spec
+
+
+def _spec_files(spec: DatasetSpec) -> list[str]:
+    return [f for files in spec.data_files.values() for f in _as_list(files)]
+
+
+@dataclass
+class DatasetMixture:
+    """The `dataset_mixture` block: datasets concatenated (each cut to its weight), train shuffled with `seed`.
+    `unpair`: paired rows -> one positive and one negative row each. `drop_empty`: false = raise on empty text."""
+
+    datasets: list[DatasetSpec] = field(default_factory=list)
+    unpair: bool = False
+    drop_empty: bool = True
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str) -> DatasetMixture:
+        types = {"datasets": list, "unpair": bool, "drop_empty": bool, "seed": int}
+        d = _check_keys(d, "dataset_mixture", source, types)
+        if not d.get("datasets"):
+            raise ValueError(f"{source}: 'dataset_mixture.datasets' must list at least one dataset")
+        specs = [DatasetSpec.from_dict(s, source=source, where=f"dataset_mixture.datasets[{i}]")
+                 for i, s in enumerate(d["datasets"])]
+        return cls(**{**d, "datasets": specs})
+
+
+def dataset_format(ds: datasets.Dataset) -> str:
+    """Which of FORMATS a loaded dataset is in (what target "paired_or_unpaired" gave)."""
+    return next(k for k in ("paired", "unpaired", "sft") if set(FORMATS[k]) <= set(ds.column_names))
+
+
+def _load_split(spec: DatasetSpec, split: str, where: str) -> datasets.Dataset:
+    if spec.path is None:  # local files: the builder follows the extension; only this split's files are read
+        available = list(spec.data_files)
+    else:  # hub id or local folder: real hub code, offline-testable on a folder
+        available = datasets.get_dataset_split_names(spec.path, spec.name, revision=spec.revision,
+                                                     data_files=spec.data_files)
+    if split not in available:
+        hint = " (test_split: null if this dataset has none)" if split == spec.test_split else ""
+        raise ValueError(f"{where}: split '{split}' not found; available splits: {sorted(available)}{hint}")
+    if spec.path is None:
+        builder = BUILDERS[Path(_spec_files(spec)[0]).suffix.lower()]
+        return datasets.load_dataset(builder, data_files={split: spec.data_files[split]}, split=split)
+    return datasets.load_dataset(spec.path, spec.name, revision=spec.revision, data_files=spec.data_files, split=split)
+
+
+def _is_conversational(feature) -> bool | None:
+    """From the Arrow schema, so every row is covered: plain text (False), {role, content} lists (True), else None."""
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        return False
+    inner = getattr(feature, "feature", None)
+    if isinstance(feature, (datasets.List, datasets.LargeList)) and isinstance(inner, dict):
+        return {"role", "content"} <= set(inner) or None
+    return None
+
+
+def _is_empty(value) -> bool:
+    if value is None or isinstance(value, str):
+        return not (value or "").strip()
+    return not any(str(m.get("content") or "").strip() for m in value)
+
+
+def _rename_and_binarize(ds: datasets.Dataset, spec: DatasetSpec, cut: float | None, at: str):
+    mapping, present = spec.columns or {}, f"columns present: {sorted(ds.column_names)}"
+    for ours, theirs in mapping.items():
+        if theirs not in ds.column_names:
+            raise ValueError(f"{at}: column '{theirs}' (mapped to '{ours}') not found; {present}")
+    ds = ds.remove_columns([c for c in mapping if c in ds.column_names and c not in mapping.values()])
+    ds = ds.rename_columns({theirs: ours for ours, theirs in mapping.items() if theirs != ours})
+    if not spec.binarize:
+        return ds, cut
+    cols = _as_list(spec.binarize["score"])
+    for c in cols:
+        if not getattr(ds.features.get(c), "dtype", "").startswith(("int", "uint", "float", "double")):
+            what = f"not numeric ({ds.features[c]})" if c in ds.column_names else "missing"
+            raise ValueError(f"{at}: binarize score column '{c}' is {what}; {present}")
+    scores = np.sum([np.array(list(ds[c]), dtype=float) for c in cols], axis=0)  # None -> nan
+    if np.isnan(scores).any():
+        raise ValueError(f"{at}: binarize score column(s) {cols} have missing values")
+    cut = score_threshold(scores, spec.binarize["threshold"]) if cut is None else cut  # test uses train's cut
+    ds = ds.remove_columns([c for c in ["label"] if c in ds.column_names])
+    return ds.add_column("label", binarize(scores, cut)), cut
+
+
+def _to_own_format(ds: datasets.Dataset, target: str, drop_empty: bool, at: str) -> tuple[datasets.Dataset, str]:
+    """Check the columns, keep only those of the data's own format, validate labels and text."""
+    cols = set(ds.column_names)
+    if target == "paired" and "label" in cols and not {"chosen", "rejected"} <= cols:
+        raise ValueError(f"{at}: unpaired data (one completion with a label) cannot be made paired: a pair needs two "
+                         "responses to the same prompt. Use aot_unpaired or kto.")
+    kind = ("paired" if target == "paired" or {"chosen", "rejected"} <= cols
+            else "unpaired" if target != "sft" or "label" in cols else "sft")
+    for c in FORMATS[kind]:  # a paired prompt may be implicit in chosen/rejected: TRL extracts it below
+        if c not in cols and not (kind == "paired" and c == "prompt"):
+            raise ValueError(f"{at}: column '{c}' missing for {kind} data; columns present: {sorted(cols)} "
+                             "(map names with `columns:`)")
+    if kind == "paired" and ("prompt" not in cols or (_is_conversational(ds.features["chosen"])
+                                                      and not _is_conversational(ds.features["prompt"]))):
+        # the prompt is implicit, e.g. ultrafeedback_binarized: a plain prompt column, but chosen/rejected are
+        # whole conversations that start with the user turn; TRL splits off their common prefix as the prompt
+        ds = ds.map(maybe_extract_prompt, remove_columns=[c for c in ["prompt"] if c in cols])
+    ds = ds.select_columns(list(FORMATS[kind]))
+    if kind == "unpaired":
+        feature, values = ds.features["label"], set(ds["label"])
+        if getattr(feature, "dtype", "").startswith(("int", "uint")) and values <= {0, 1}:
+            ds = ds.cast_column("label", datasets.Value("bool"))
+        elif getattr(feature, "dtype", None) != "bool" or None in values:
+            raise ValueError(f"{at}: column 'label' must hold booleans or 0/1, got {feature} with values "
+                             f"{sorted(map(repr, values))[:5]}")
+    text = [c for c in TEXT_COLUMNS if c in ds.column_names]
+    kept = ds.filter(lambda *values: not any(map(_is_empty, values)), input_columns=text)
+    if len(kept) < len(ds):
+        row, col = next((i, c) for i, r in enumerate(ds) for c in text if _is_empty(r[c]))
+        msg = f"{at}: {len(ds) - len(kept)} row(s) with empty text (first: row {row}, column '{col}')"
+        if not drop_empty:
+            raise ValueError(msg + "; drop_empty is false")
+        logger.warning(msg + "; dropped")
+    return kept, kind
+
+
+def _convert(ds: datasets.Dataset, kind: str, final: str) -> datasets.Dataset:
+    if kind == final:
+        return ds
+    if final == "unpaired":  # each pair -> (prompt, chosen, True) + (prompt, rejected, False)
+        return unpair_preference_dataset(ds).select_columns(list(FORMATS["unpaired"]))
+    if kind == "paired":  # sft on the preferred answers
+        return ds.select_columns(["prompt", "chosen"]).rename_column("chosen", "completion")
+    return ds.filter(lambda label: label, input_columns="label").remove_columns("label")
+
+
+def _concatenate(group: list[tuple[str, datasets.Dataset]]) -> datasets.Dataset:
+    """All plain text or all conversational (TRL formats a batch one way), then concatenate."""
+    styles = {}
+    for where, ds in group:
+        style = {_is_conversational(ds.features[c]) for c in TEXT_COLUMNS if c in ds.column_names}
+        if None in style or len(style) > 1:
+            raise ValueError(f"{where}: text columns must be all plain strings or all conversational "
+                             f"(lists of {{role, content}}); got {ds.features}")
+        styles[where] = "conversational" if True in style else "plain"
+    if len(set(styles.values())) > 1:
+        raise ValueError(f"dataset_mixture mixes plain-text and conversational datasets: {styles}")
+    features = group[0][1].features  # string vs large_string, message key order: align before concatenating
+    return datasets.concatenate_datasets([ds if ds.features == features else ds.cast(features) for _, ds in group])
+
+
+def load_mixture(mixture: DatasetMixture, *, target: str) -> datasets.DatasetDict:
+    """Load every dataset, bring it to `target`'s format and concatenate: keys `train` and, if any dataset
+    has a test split, `test`. "paired_or_unpaired" keeps paired data paired (AOT unpaired then ignores the
+    pairing, AOT_SPEC sec. 2) unless `unpair: true` or the mixture also holds unpaired data."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if mixture.unpair and target == "paired":
+        raise ValueError("dataset_mixture.unpair is true but this method needs paired data")
+    parts = []  # (where, "train" or "test", dataset, its own format)
+    for i, spec in enumerate(mixture.datasets):
+        where, cut = f"dataset_mixture.datasets[{i}] ({spec.title})", None
+        for key, split in (("train", spec.train_split), ("test", spec.test_split)):
+            if split is not None:  # train comes first, so its score cut is reused for test
+                at = f"{where}, split '{split}'"
+                ds, cut = _rename_and_binarize(_load_split(spec, split, where), spec, cut, at)
+                ds, kind = _to_own_format(ds, target, mixture.drop_empty, at)
+                if key == "train" and spec.weight < 1:  # round, not int(): 0.29 * 100 = 28.999...
+                    ds = ds.shuffle(seed=mixture.seed).select(range(round(spec.weight * len(ds))))
+                parts.append((where, key, ds, kind))
+    kinds = {kind for *_, kind in parts}
+    final = target if target != "paired_or_unpaired" else (
+        "paired" if kinds == {"paired"} and not mixture.unpair else "unpaired")
+    out = datasets.DatasetDict()
+    for key in ("train", "test"):
+        group = [(where, _convert(ds, kind, final)) for where, k, ds, kind in parts if k == key]
+        if group:
+            out[key] = _concatenate(group)
+    names = ", ".join(dict.fromkeys(where for where, *_ in parts))
+    if len(out["train"]) == 0:
+        raise ValueError(f"dataset_mixture: the train split is empty ({names})")
+    if final == "unpaired" and len(set(out["train"]["label"])) < 2:
+        # checked on the mixture: positives and negatives may come from different datasets (AOT_SPEC sec. 2)
+        raise ValueError(f"dataset_mixture: unpaired train data has only label={out['train'][0]['label']} rows "
+                         f"({names}); AOT unpaired needs positives and negatives")
+    out["train"] = out["train"].shuffle(seed=mixture.seed)
+    logger.info("dataset_mixture -> %s data: %s", final, {k: len(v) for k, v in out.items()})
+    return out

@@ -1,0 +1,178 @@
+"""One training run from a recipe: recipe -> data + model -> trainer -> run folder -> summary.
+
+A run folder holds the weights (or LoRA adapter) and tokenizer, ``recipe.yaml`` (the recipe
+as run, with overrides), ``log_history.json``, ``metrics.json`` with the held-out summary,
+quantile plots, and last ``run.json``: a run without ``run.json`` is not complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from transformers.trainer_utils import get_last_checkpoint
+from trl import DPOTrainer, KTOTrainer, SFTTrainer, get_peft_config
+
+from .configs import METHODS, AOTUnpairedConfig, Recipe, parse_recipe
+from .data import DatasetMixture, load_mixture
+from .heldout import paired_statistics
+from .model_utils import load_model, load_tokenizer
+from .plots import quantile_plot
+from .trainer import AOTTrainer, UnpairedAOTTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def write_json(path: Path, data) -> None:
+    """Write then rename: a killed process leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def is_complete(output_dir: str | Path) -> bool:
+    return (Path(output_dir) / "run.json").is_file()
+
+
+def _trainer_class(method: str, training_args):
+    if method in ("aot_paired", "aot_unpaired"):
+        return UnpairedAOTTrainer if isinstance(training_args, AOTUnpairedConfig) else AOTTrainer
+    return {"dpo": DPOTrainer, "ipo": DPOTrainer, "kto": KTOTrainer, "sft": SFTTrainer}[method]
+
+
+def _is_unpaired(dataset) -> bool:
+    return "label" in dataset.column_names and "chosen" not in dataset.column_names
+
+
+def build_trainer(recipe: Recipe):
+    """Data, model, reference and the method's TRL-based trainer, all from the recipe."""
+    method, args = recipe.method, recipe.training
+    mixture = DatasetMixture.from_dict(recipe.recipe.dataset_mixture, source=recipe.path)
+    data = load_mixture(mixture, target=METHODS[method][1])
+    if method == "aot_unpaired" and _is_unpaired(data["train"]):
+        # Truly unpaired rows: the same recipe, parsed for the KTO-based trainer.
+        recipe = parse_recipe(recipe.path, recipe.overrides, config_class=AOTUnpairedConfig)
+        args = recipe.training
+    tokenizer = load_tokenizer(recipe.model, recipe.recipe)
+    model = load_model(recipe.model)
+    peft = get_peft_config(recipe.model)
+    kwargs = dict(model=model, args=args, train_dataset=data["train"], processing_class=tokenizer, peft_config=peft)
+    if "test" in data and args.eval_strategy != "no":
+        kwargs["eval_dataset"] = data["test"]
+    if method != "sft" and peft is None and not args.precompute_ref_log_probs:
+        kwargs["ref_model"] = load_model(recipe.model, for_reference=True)
+    return recipe, data, _trainer_class(method, args)(**kwargs)
+
+
+def summarize(recipe: Recipe, trainer, data, out: Path) -> dict:
+    """Held-out summary: margins/rewards FSD (paper Fig. 1) and, on the tiny task, accuracy."""
+    args, summary = recipe.training, {}
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    reference = None
+    if hasattr(model, "disable_adapter"):
+        reference = model.disable_adapter  # PEFT: adapters off is the reference
+    elif recipe.method != "sft":
+        reference = load_model(recipe.model, for_reference=True)
+    rows = data.get("test")
+    if recipe.recipe.tiny_assets and (rows is None or "chosen" not in rows.column_names):
+        from .tiny import ensure_tiny_assets, read_jsonl  # held-out pairs for the Fig. 1 statistics
+
+        rows = read_jsonl(ensure_tiny_assets(recipe.recipe.tiny_assets)["paired_test"])
+    beta = getattr(args, "beta", 0.1)
+    if reference is not None and rows is not None and "chosen" in (rows.column_names if hasattr(rows, "column_names") else rows[0]):
+        rows = [rows[i] for i in range(min(len(rows), 512))]
+        stats = paired_statistics(model, reference, trainer.processing_class, rows, beta=beta)
+        summary["heldout"] = {k: v for k, v in stats.items() if not isinstance(v, torch.Tensor)}
+        summary["plots"] = {
+            "rewards": str(quantile_plot(
+                {recipe.method: (stats["chosen_rewards"], stats["rejected_rewards"], "chosen", "rejected")},
+                out / "quantiles_rewards.png", title="Held-out rewards (paper Fig. 1a)")),
+            "margins": str(quantile_plot(
+                {recipe.method: (stats["policy_margins"], stats["reference_margins"], "policy", "reference")},
+                out / "quantiles_margins.png", title="Held-out chosen-rejected margins (paper Fig. 1b)")),
+        }
+    if recipe.recipe.tiny_assets:
+        from .tiny import ensure_tiny_assets, read_jsonl, task_accuracy
+
+        rows = read_jsonl(ensure_tiny_assets(recipe.recipe.tiny_assets)["eval_prompts"])
+        summary["task_accuracy"] = {"aligned": task_accuracy(model, trainer.processing_class, rows)}
+        if isinstance(reference, torch.nn.Module):
+            summary["task_accuracy"]["reference"] = task_accuracy(reference, trainer.processing_class, rows)
+    return summary
+
+
+def train(recipe_path: str, overrides: list[str] | None = None) -> Path:
+    """Train one recipe (and, first, any recipe it ``requires`` whose run is missing)."""
+    recipe = parse_recipe(recipe_path, overrides)  # every key checked before anything loads
+    if recipe.recipe.tiny_assets:
+        from .tiny import ensure_tiny_assets
+
+        ensure_tiny_assets(recipe.recipe.tiny_assets)
+    for required in recipe.recipe.requires or []:
+        needed = parse_recipe(required)
+        if not is_complete(needed.training.output_dir):
+            print(f"[aot-handbook] {recipe_path} requires {required}: training it first")
+            train(required)
+    out = Path(recipe.training.output_dir)
+    started = time.time()
+    recipe, data, trainer = build_trainer(recipe)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.json").unlink(missing_ok=True)  # this folder is being rewritten
+    write_json(out / "recipe.json", {"path": recipe.path, "overrides": recipe.overrides, "recipe": recipe.raw})
+    checkpoint = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if checkpoint:
+        print(f"[aot-handbook] resuming from {checkpoint}")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(str(out))
+    write_json(out / "log_history.json", trainer.state.log_history)
+    summary = summarize(recipe, trainer, data, out) if recipe.recipe.summary else {}
+    args = recipe.training
+    summary["loss"] = describe_loss(recipe.method, args)
+    summary["train_seconds"] = round(time.time() - started, 1)
+    summary["run_dir"] = str(out)
+    write_json(out / "metrics.json", summary)
+    write_json(out / "run.json", {"method": recipe.method, "recipe": recipe.path, "completed": time.time()})
+    print_summary(summary)
+    return out
+
+
+def describe_loss(method: str, args) -> str:
+    if method.startswith("aot"):
+        text = f"{args.aot_variant} (AOT, penalty={args.aot_penalty}, sort={args.aot_sort}, beta={args.beta})"
+        if args.aot_nll_weight:
+            text += f" + {args.aot_nll_weight} x NLL(chosen)"
+        return text
+    if method == "sft":
+        return "sft (NLL of completions)"
+    losses = getattr(args, "loss_type", method)
+    return f"{method} (TRL loss_type={losses}, beta={args.beta})"
+
+
+def print_summary(summary: dict) -> None:
+    lines = ["", "=" * 72, "Summary (held-out data)", f"  loss used: {summary['loss']}"]
+    acc = summary.get("task_accuracy")
+    if acc:
+        for who in ("reference", "aligned"):
+            if who in acc:
+                a = acc[who]
+                lines.append(f"  task accuracy, {who:9s}: {a['accuracy']:.3f} (carry {a['carry']:.3f}, "
+                             f"no-carry {a['no_carry']:.3f}; greedy, judged by program, n={a['n']})")
+    h = summary.get("heldout")
+    if h:
+        lines += [
+            f"  reward accuracy (chosen > rejected): {h['reward_accuracy']:.3f}",
+            f"  FSD violation share, chosen over rejected rewards: {h['rewards_fsd']['fsd_violation_share']:.3f}",
+            f"  chosen-rejected margin > 0: reference {h['reference_margin_accuracy']:.3f}, "
+            f"aligned {h['policy_margin_accuracy']:.3f}",
+            f"  share of quantile levels where aligned margins fail to dominate reference margins: "
+            f"{h['margins_fsd']['fsd_violation_share']:.3f}",
+        ]
+    for name, path in summary.get("plots", {}).items():
+        lines.append(f"  plot ({name}): {path}")
+    lines += [f"  run folder: {summary['run_dir']} ({summary['train_seconds']} s)", "=" * 72]
+    print("\n".join(lines))
