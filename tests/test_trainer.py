@@ -156,3 +156,17 @@ def test_heldout_logps_equal_trl_reference_logps(tiny, tmp_path):
                                trl_chosen, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(completion_logps(trainer.ref_model, tokenizer, data["prompt"], data["rejected"]).float(),
                                trl_rejected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant,tensor", [("aot_paired", "U = policy chosen-rejected margins"),
+                                            ("aot_unpaired", "U = chosen log-ratios")])
+def test_non_finite_log_probs_stop_training_naming_step_and_tensor(tiny, tmp_path, variant, tensor):
+    model = _model(tiny)
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")  # the policy's log-probs become NaN
+    args = AOTConfig(output_dir=str(tmp_path), loss_type=variant, per_device_train_batch_size=8, max_steps=2,
+                     learning_rate=1e-3, **CPU)
+    trainer = AOTTrainer(model=model, ref_model=_model(tiny), args=args, train_dataset=_data(tiny, "paired_train", 16),
+                         processing_class=AutoTokenizer.from_pretrained(tiny["tokenizer"]))
+    with pytest.raises(FloatingPointError, match=f"non-finite {tensor} .* at global step 0"):
+        trainer.train()

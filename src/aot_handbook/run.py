@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
 
 import torch
 import yaml
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOTrainer, KTOTrainer, SFTTrainer, get_peft_config
 
 from .configs import METHODS, AOTUnpairedConfig, Recipe, parse_recipe
@@ -35,8 +37,34 @@ def write_json(path: Path, data) -> None:
     tmp.replace(path)
 
 
+def last_complete_checkpoint(output_dir: Path) -> str | None:
+    """The newest checkpoint a kill did not cut short.
+
+    transformers writes a checkpoint in place with ``trainer_state.json`` last, so a process
+    killed mid-save leaves a newest ``checkpoint-N`` without a readable state: skip it.
+    """
+    found = sorted(output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    for checkpoint in reversed(found):
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            return str(checkpoint)
+        except (OSError, ValueError):
+            print(f"[aot-handbook] skipping incomplete {checkpoint}")
+    return None
+
+
 def is_complete(output_dir: str | Path) -> bool:
     return (Path(output_dir) / "run.json").is_file()
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Stop with an error instead of training on NaN (AOT trainers also check U and V every step)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "eval_loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(float(value)):
+                raise FloatingPointError(f"non-finite {key} ({value}) at global step {state.global_step}")
 
 
 def _trainer_class(method: str, training_args):
@@ -66,7 +94,9 @@ def build_trainer(recipe: Recipe):
         kwargs["eval_dataset"] = data["test"]
     if method != "sft" and peft is None and not args.precompute_ref_log_probs:
         kwargs["ref_model"] = load_model(recipe.model, for_reference=True)
-    return recipe, data, _trainer_class(method, args)(**kwargs)
+    trainer = _trainer_class(method, args)(**kwargs)
+    trainer.add_callback(StopOnNonFinite())
+    return recipe, data, trainer
 
 
 def summarize(recipe: Recipe, trainer, data, out: Path) -> dict:
@@ -123,8 +153,8 @@ def train(recipe_path: str, overrides: list[str] | None = None) -> Path:
     recipe, data, trainer = build_trainer(recipe)
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.json").unlink(missing_ok=True)  # this folder is being rewritten
-    write_json(out / "recipe.json", {"path": recipe.path, "overrides": recipe.overrides, "recipe": recipe.raw})
-    checkpoint = get_last_checkpoint(str(out)) if out.is_dir() else None
+    write_json(out / "recipe.json", {"path": recipe.path, "overrides": recipe.overrides, "recipe": _redacted(recipe.raw)})
+    checkpoint = last_complete_checkpoint(out)
     if checkpoint:
         print(f"[aot-handbook] resuming from {checkpoint}")
     trainer.train(resume_from_checkpoint=checkpoint)
@@ -139,6 +169,13 @@ def train(recipe_path: str, overrides: list[str] | None = None) -> Path:
     write_json(out / "run.json", {"method": recipe.method, "recipe": recipe.path, "completed": time.time()})
     print_summary(summary)
     return out
+
+
+def _redacted(raw: dict) -> dict:
+    """The recipe for provenance, without the values of its ``env:`` block (keys, tokens)."""
+    if "env" not in raw:
+        return raw
+    return {**raw, "env": {k: "<redacted>" for k in raw["env"] or {}}}
 
 
 def describe_loss(method: str, args) -> str:

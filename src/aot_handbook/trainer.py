@@ -25,6 +25,10 @@ from trl import DPOTrainer, KTOTrainer
 from .diagnostics import fsd_diagnostics
 from .loss import aot_loss
 
+_UV_NAMES = {  # AOT_SPEC sec. 2
+    "aot_paired": ("U = policy chosen-rejected margins", "V = reference chosen-rejected margins"),
+    "aot_unpaired": ("U = chosen log-ratios", "V = rejected log-ratios"),
+}
 # Batch keys that are not model inputs (TRL's DPO and KTO collators).
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", "label", "ref_logps"}
 
@@ -63,11 +67,12 @@ class _AOTObjective:
                 f"AOT needs both sides in every batch, got {u.numel()} U and {v.numel()} V samples "
                 "(unpaired data: check both labels are present and the batch size is >= 2)"
             )
-        for name, x in (("U", u), ("V", v)):
+        names = _UV_NAMES[self.args.aot_variant]
+        for name, x in zip(names, (u, v)):
             if not torch.isfinite(x).all():
                 raise FloatingPointError(
-                    f"non-finite {name} ({self.args.aot_variant}) at global step {self.state.global_step}: "
-                    "the policy or reference log-probs overflowed; lower the learning rate or check the data"
+                    f"non-finite {name} ({int((~torch.isfinite(x)).sum())} of {x.numel()} values) at global step "
+                    f"{self.state.global_step}: the log-probs overflowed; lower the learning rate or check the data"
                 )
         loss = aot_loss(
             u,
