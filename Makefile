@@ -20,13 +20,20 @@ endif
 
 RECIPE ?= recipes/tiny/aot_unpaired.yaml
 ARGS ?=
+ACCELERATE_CONFIG ?=
+NUM_PROCESSES ?= 8
+SWEEP ?= recipes/ablations/penalty.sweep.yaml
+VALIDATE ?= recipes
 PYTEST_ARGS ?=
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: help setup test train
+.PHONY: help setup test train validate-recipes sweep generate-recipes
 
 help:
 	@echo "make test | make train [RECIPE=recipes/...yaml] [ARGS='--key value ...']"
+	@echo "  [ACCELERATE_CONFIG=recipes/accelerate_configs/fsdp.yaml NUM_PROCESSES=8]"
+	@echo "make validate-recipes | make sweep SWEEP=recipes/ablations/<name>.sweep.yaml [ARGS=--dry-run]"
+	@echo "make generate-recipes   (rewrite recipes/<model>/*.yaml and recipes/unpaired/ from recipes/_generate.py)"
 
 $(STAMP): setup.cfg pyproject.toml
 	@mkdir -p .cache
@@ -37,8 +44,25 @@ $(STAMP): setup.cfg pyproject.toml
 
 setup: $(STAMP)
 
-test: $(STAMP)
+test: validate-recipes
 	$(OFFLINE) "$(PY)" -m pytest $(PYTEST_ARGS)
 
 train: $(STAMP)
+ifdef ACCELERATE_CONFIG
+	"$(PY)" -m accelerate.commands.launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_PROCESSES) \
+		scripts/train.py $(RECIPE) $(ARGS)
+else
 	"$(PY)" scripts/train.py $(RECIPE) $(ARGS)
+endif
+
+# Every recipe, sweep, accelerate config and eval recipe, offline (no weights, no data); stops at the
+# first bad file, naming it and the key.
+validate-recipes: $(STAMP)
+	$(OFFLINE) "$(PY)" scripts/validate_recipes.py $(VALIDATE)
+
+# One training run per override set of a sweep; ARGS=--dry-run prints the commands, ARGS=--slurm submits jobs.
+sweep: $(STAMP)
+	"$(PY)" scripts/sweep.py $(SWEEP) $(ARGS)
+
+generate-recipes: $(STAMP)
+	"$(PY)" recipes/_generate.py

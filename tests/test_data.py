@@ -379,3 +379,20 @@ def test_unknown_target_and_unpair_with_paired_target(tmp_path):
         load_mixture(m, target="kto")
     with pytest.raises(ValueError, match="unpair is true"):
         load_mixture(m, target="paired")
+
+
+def test_conversational_wraps_plain_text_as_turns(tmp_path):
+    """Plain-text data (HelpSteer, BeaverTails) becomes user/assistant turns, so the chat template applies."""
+    import json as _json
+
+    from aot_handbook.data import DatasetMixture, load_mixture
+
+    path = tmp_path / "u.jsonl"
+    path.write_text("\n".join(_json.dumps({"prompt": f"q{i}", "completion": f"a{i}", "label": i % 2 == 0})
+                              for i in range(4)))
+    mixture = DatasetMixture.from_dict(
+        {"datasets": [{"data_files": {"train": str(path)}, "test_split": None, "conversational": True}]}, source="r.yaml")
+    row = load_mixture(mixture, target="unpaired")["train"][0]
+    assert row["prompt"] == [{"role": "user", "content": row["prompt"][0]["content"]}]
+    assert row["completion"][0]["role"] == "assistant" and row["completion"][0]["content"].startswith("a")
+    assert row["prompt"][0]["content"][1:] == row["completion"][0]["content"][1:]  # q<i> pairs with a<i>

@@ -125,7 +125,9 @@ class RecipeArguments:
     """Recipe keys that are neither model nor trainer arguments."""
 
     method: str = field(default="", metadata={"help": f"One of {sorted(['aot_paired', 'aot_unpaired', 'dpo', 'ipo', 'kto', 'sft'])}."})
-    dataset_mixture: dict | None = field(default=None, metadata={"help": "Datasets block; see data.py."})
+    dataset_mixture: dict | str | None = field(
+        default=None, metadata={"help": "Datasets block; see data.py. On the command line: JSON (or YAML flow)."}
+    )
     tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Defaults to the model's."})
     chat_template: str | None = field(default=None, metadata={"help": "A Jinja chat template to set on the tokenizer."})
     requires: list[str] | None = field(
@@ -237,6 +239,13 @@ def parse_recipe(path: str, overrides: list[str] | None = None, *, config_class:
         raise ValueError(f"{path}: {message}") from err
     finally:
         os.unlink(tmp.name)
+    if isinstance(recipe_args.dataset_mixture, str):  # a command-line override arrives as text
+        try:
+            recipe_args.dataset_mixture = yaml.safe_load(recipe_args.dataset_mixture)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: override --dataset_mixture is not valid JSON: {err}") from None
+        if not isinstance(recipe_args.dataset_mixture, dict):
+            raise ValueError(f"{path}: override --dataset_mixture must be a JSON object")
     if not recipe_args.dataset_mixture:
         raise ValueError(f"{path}: key 'dataset_mixture' is required")
     if not model_args.model_name_or_path:

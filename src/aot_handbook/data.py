@@ -80,6 +80,7 @@ class DatasetSpec:
     weight: float = 1.0
     columns: dict[str, str] | None = None
     binarize: dict[str, Any] | None = None
+    conversational: bool = False  # wrap plain text as user/assistant turns, so the chat template applies
 
     @property
     def title(self) -> str:
@@ -90,7 +91,7 @@ class DatasetSpec:
         opt = lambda t: (t, NONE)  # noqa: E731
         types = {"path": opt(str), "name": opt(str), "revision": opt(str), "data_files": opt(dict),
                  "train_split": str, "test_split": opt(str), "weight": (int, float), "columns": opt(dict),
-                 "binarize": opt(dict)}
+                 "binarize": opt(dict), "conversational": bool}
         spec = cls(**_check_keys(d, where, source, types))
         bad = lambda key, why: ValueError(f"{source}: '{where}{key}' {why}")  # noqa: E731
         if not 0 < spec.weight <= 1:
@@ -205,7 +206,15 @@ def _rename_and_binarize(ds: datasets.Dataset, spec: DatasetSpec, cut: float | N
     return ds.add_column("label", binarize(scores, cut)), cut
 
 
-def _to_own_format(ds: datasets.Dataset, target: str, drop_empty: bool, at: str) -> tuple[datasets.Dataset, str]:
+def _as_turns(row: dict) -> dict:
+    """Plain prompt/answer text (HelpSteer, BeaverTails) as one user turn and one assistant turn."""
+    turn = lambda role, text: [{"role": role, "content": text}]  # noqa: E731
+    return {c: turn("user" if c == "prompt" else "assistant", row[c]) if isinstance(row[c], str) else row[c]
+            for c in ("prompt", "chosen", "rejected", "completion") if c in row}
+
+
+def _to_own_format(ds: datasets.Dataset, target: str, drop_empty: bool, at: str,
+                   conversational: bool = False) -> tuple[datasets.Dataset, str]:
     """Check the columns, keep only those of the data's own format, validate labels and text."""
     cols = set(ds.column_names)
     if target == "paired" and "label" in cols and not {"chosen", "rejected"} <= cols:
@@ -223,6 +232,8 @@ def _to_own_format(ds: datasets.Dataset, target: str, drop_empty: bool, at: str)
         # whole conversations that start with the user turn; TRL splits off their common prefix as the prompt
         ds = ds.map(maybe_extract_prompt, remove_columns=[c for c in ["prompt"] if c in cols])
     ds = ds.select_columns(list(FORMATS[kind]))
+    if conversational and not _is_conversational(ds.features["prompt"]):
+        ds = ds.map(_as_turns)
     if kind == "unpaired":
         feature, values = ds.features["label"], set(ds["label"])
         if getattr(feature, "dtype", "").startswith(("int", "uint")) and values <= {0, 1}:
@@ -281,7 +292,7 @@ def load_mixture(mixture: DatasetMixture, *, target: str) -> datasets.DatasetDic
             if split is not None:  # train comes first, so its score cut is reused for test
                 at = f"{where}, split '{split}'"
                 ds, cut = _rename_and_binarize(_load_split(spec, split, where), spec, cut, at)
-                ds, kind = _to_own_format(ds, target, mixture.drop_empty, at)
+                ds, kind = _to_own_format(ds, target, mixture.drop_empty, at, spec.conversational)
                 if key == "train" and spec.weight < 1:  # round, not int(): 0.29 * 100 = 28.999...
                     ds = ds.shuffle(seed=mixture.seed).select(range(round(spec.weight * len(ds))))
                 parts.append((where, key, ds, kind))
