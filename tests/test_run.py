@@ -55,3 +55,16 @@ def test_bad_recipe_fails_before_anything_loads(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"recipes/tiny/aot_unpaired.yaml: .*'aot_penalty'|aot_penalty: unknown"):
         train("recipes/tiny/aot_unpaired.yaml", ["--aot_penalty", "cubic"])
     assert not Path(".cache").exists() and not Path("runs").exists()
+
+
+@pytest.mark.parametrize("method", ["aot_paired", "dpo", "ipo", "kto"])
+def test_every_tiny_recipe_trains(tmp_path_factory, monkeypatch, method):
+    """`make train RECIPE=recipes/tiny/<method>.yaml` for the other methods (the SFT stage trained once)."""
+    work = tmp_path_factory.getbasetemp() / "tiny-methods"
+    if not work.exists():
+        _tiny_recipes(work, steps={True: 10, False: 2})
+    monkeypatch.chdir(work)
+    out = train(f"recipes/tiny/{method}.yaml", ["--precompute_ref_log_probs", "false", "--summary", "false"])
+    assert is_complete(out) and (out / "model.safetensors").exists()
+    losses = [h["loss"] for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
+    assert len(losses) == 2 and all(l == l for l in losses)  # two real steps, no NaN
