@@ -51,13 +51,16 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([part[:n] for part, n in zip(all_gather(padded), sizes)])
 
 
+def _multi_process() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 class _AOTObjective:
     """The AOT part shared by both trainers: (u, v) -> loss, with optional global sort and logs."""
 
     def _global_sort(self) -> bool:
         flag = self.args.aot_global_sort
-        multi = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        return multi if flag is None else (flag and multi)
+        return _multi_process() if flag is None else (flag and _multi_process())
 
     def _aot_objective(self, u: torch.Tensor, v: torch.Tensor, mode: str) -> torch.Tensor:
         if self._global_sort():
@@ -83,24 +86,31 @@ class _AOTObjective:
             label_smoothing=getattr(self.args, "label_smoothing", 0.0),
             **self.args.sort_options,
         )
-        # Logged diagnostics describe the set that was sorted: the global batch when gathered.
-        scope = "global" if self._global_sort() else "local"
-        diag = fsd_diagnostics(u, v)
-        if scope == "local" and dist.is_available() and dist.is_initialized():
+        # Logged diagnostics describe the set that was sorted: the global batch when gathered,
+        # else the mean over ranks of each rank's own.
+        diag = {**fsd_diagnostics(u, v), "loss": loss.item()}
+        if not self._global_sort() and _multi_process():
             diag = {k: self.accelerator.gather_for_metrics(torch.tensor(val, device=u.device)).mean().item()
                     for k, val in diag.items()}
         for key, value in diag.items():
             self._metrics[mode][f"aot/{key}"].append(value)
-        self._metrics[mode]["aot/loss"].append(loss.item())
         return loss
 
     def _nll(self, per_token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean negative log-likelihood per completion token (TRL's "sft" term)."""
-        return -per_token_logps[mask.bool()].mean()
+        """Mean negative log-likelihood per completion token (TRL's "sft" term), per rank.
+
+        With several ranks DDP averages the per-rank means, as TRL's "sft" term does, so unlike
+        the AOT term it is not the single-process value when ranks hold different token counts.
+        """
+        mask = mask.bool()
+        if not mask.any():  # a rank without positives this step (possible with the global sort)
+            return per_token_logps.sum() * 0.0
+        return -per_token_logps[mask].mean()
 
     def _log_rewards(self, mode, chosen_logratios, rejected_logratios, chosen_logps, rejected_logps):
         beta = self.args.beta
-        gather = self.accelerator.gather_for_metrics
+        # Ranks may hold different numbers of each label (unpaired data): a variable-length gather.
+        gather = (lambda x: gather_with_grad(x.detach())) if _multi_process() else (lambda x: x.detach())
         chosen_r, rejected_r = gather(beta * chosen_logratios.detach()), gather(beta * rejected_logratios.detach())
         self._metrics[mode]["rewards/chosen"].append(chosen_r.mean().item())
         self._metrics[mode]["rewards/rejected"].append(rejected_r.mean().item())
