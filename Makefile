@@ -27,13 +27,14 @@ VALIDATE ?= recipes
 PYTEST_ARGS ?=
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: help setup test train validate-recipes sweep generate-recipes
+.PHONY: help setup test train validate-recipes sweep generate-recipes eval table plot
 
 help:
 	@echo "make test | make train [RECIPE=recipes/...yaml] [ARGS='--key value ...']"
 	@echo "  [ACCELERATE_CONFIG=recipes/accelerate_configs/fsdp.yaml NUM_PROCESSES=8]"
 	@echo "make validate-recipes | make sweep SWEEP=recipes/ablations/<name>.sweep.yaml [ARGS=--dry-run]"
 	@echo "make generate-recipes   (rewrite recipes/<model>/*.yaml and recipes/unpaired/ from recipes/_generate.py)"
+	@echo "make eval [RUN=runs/...] [EVAL=recipes/eval/...yaml] | make table [TABLE=1..10|tiny] | make plot [RUN='runs/a runs/b']"
 
 $(STAMP): setup.cfg pyproject.toml
 	@mkdir -p .cache
@@ -66,3 +67,22 @@ sweep: $(STAMP)
 
 generate-recipes: $(STAMP)
 	"$(PY)" recipes/_generate.py
+
+# ---- evaluation -------------------------------------------------------------
+#   make eval  [RUN=runs/...] [EVAL=recipes/eval/....yaml]   one run x one evaluation -> results/<run>/<eval>.json
+#   make table [TABLE=1..10|tiny]                              results/ -> results/tables/table<N>.{md,csv,tex}
+#   make plot  [RUN="runs/a runs/b"]                           paper Fig. 1a/1b -> results/plots/fig1{a,b}.png
+RUN ?= runs/tiny-aot_unpaired
+EVAL ?= recipes/eval/tiny.yaml
+TABLE ?= 1
+# Tiny runs and recipes never need the hub: run them offline; real evaluations need the hub (AlpacaEval data).
+EVAL_ENV = $(if $(findstring tiny,$(RUN) $(EVAL)),$(OFFLINE))
+
+eval: $(STAMP)
+	$(EVAL_ENV) "$(PY)" scripts/evaluate.py $(RUN) $(EVAL) $(ARGS)
+
+table: $(STAMP)
+	"$(PY)" scripts/table.py $(TABLE) $(ARGS)
+
+plot: $(STAMP)
+	$(if $(findstring tiny,$(RUN)),$(OFFLINE)) "$(PY)" scripts/plot.py $(RUN) $(ARGS)

@@ -1,7 +1,14 @@
-"""Quantile plots of the paper's Fig. 1: what first-order stochastic dominance looks like."""
+"""Quantile plots of the paper's Fig. 1: what first-order stochastic dominance looks like.
+
+- :func:`quantile_plot` one panel, Q_U and Q_V per label (used by ``run.py`` at the end of training);
+- :func:`figure1` the paper's Fig. 1a (chosen vs rejected reward quantiles) and Fig. 1b (policy vs
+  reference chosen-minus-rejected margin quantiles) for one or several runs on a held-out paired
+  set (``make plot RUN=...``). The plotted quantiles are also written as JSON beside each PNG.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -12,24 +19,28 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .diagnostics import fsd_diagnostics, quantile_curves  # noqa: E402
 
 
-def quantile_plot(curves: dict, path: str | Path, *, title: str, xlabel: str = "quantile level t") -> Path:
-    """``curves``: label -> (u, v, u_name, v_name); one panel, Q_U and Q_V for each label.
-
-    Each legend entry carries the FSD violation share of U over V, from ``fsd_diagnostics``.
-    """
+def draw_quantiles(curves: dict, *, title: str, xlabel: str = "quantile level t"):
+    """Draw (not save) the panel; returns ``(fig, data)`` with data[label] = t, q_u, q_v, FSD violation share."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    data = {}
     for i, (label, (u, v, u_name, v_name)) in enumerate(curves.items()):
         c = quantile_curves(u, v)
         share = fsd_diagnostics(u, v)["fsd_violation_share"]
         color = f"C{i}"
         ax.step(c["t"], c["q_u"], where="pre", color=color, label=f"{label}: {u_name} (FSD violation {share:.2f})")
         ax.step(c["t"], c["q_v"], where="pre", color=color, linestyle="--", label=f"{label}: {v_name}")
+        data[label] = {"u_name": u_name, "v_name": v_name, "t": c["t"].tolist(), "q_u": c["q_u"].tolist(),
+                       "q_v": c["q_v"].tolist(), "fsd_violation_share": share}
     ax.set_xlabel(xlabel)
     ax.set_ylabel("quantile")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
+    return fig, data
+
+
+def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
@@ -37,3 +48,88 @@ def quantile_plot(curves: dict, path: str | Path, *, title: str, xlabel: str = "
     plt.close(fig)
     tmp.replace(path)  # never a truncated PNG under the final name
     return path
+
+
+def quantile_plot(curves: dict, path: str | Path, *, title: str, xlabel: str = "quantile level t") -> Path:
+    """``curves``: label -> (u, v, u_name, v_name); one panel, Q_U and Q_V for each label.
+
+    Each legend entry carries the FSD violation share of U over V, from ``fsd_diagnostics``.
+    """
+    fig, _ = draw_quantiles(curves, title=title, xlabel=xlabel)
+    return _save(fig, path)
+
+
+def figure1(stats: dict, out_dir: str | Path, *, prefix: str = "fig1") -> dict[str, Path]:
+    """Fig. 1a and 1b for several runs: ``stats`` is label -> ``heldout.paired_statistics`` output."""
+    out_dir = Path(out_dir)
+    panels = {
+        "a": ({k: (s["chosen_rewards"], s["rejected_rewards"], "chosen", "rejected") for k, s in stats.items()},
+              "Fig. 1a: held-out rewards, chosen vs rejected"),
+        "b": ({k: (s["policy_margins"], s["reference_margins"], "policy", "reference") for k, s in stats.items()},
+              "Fig. 1b: held-out margins, policy vs reference"),
+    }
+    paths = {}
+    for panel, (curves, title) in panels.items():
+        fig, data = draw_quantiles(curves, title=title)
+        paths[panel] = _save(fig, out_dir / f"{prefix}{panel}.png")
+        tmp = out_dir / f".{prefix}{panel}.json.tmp"
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(out_dir / f"{prefix}{panel}.json")
+    return paths
+
+
+def run_statistics(run_path: str, rows: list[dict], *, beta: float | None = None, batch_size: int = 64) -> dict:
+    """``paired_statistics`` of a run folder against its reference: the adapters disabled for a LoRA
+    run, else the model its recipe started from (``model_name_or_path``)."""
+    from .evaluation.common import RunInfo
+    from .evaluation.generation import load_model_and_tokenizer
+    from .heldout import paired_statistics
+
+    run = RunInfo.from_path(run_path)
+    if run.method == "base":
+        raise ValueError(f"{run_path}: not a run folder (no recipe.json); Fig. 1 compares a run with its reference")
+    beta = beta if beta is not None else float(run.recipe.get("beta", 0.1))
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(run.path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if run.adapter:
+        from peft import PeftModel
+
+        policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run.model), run.adapter)
+        reference = policy.disable_adapter
+    else:
+        policy = AutoModelForCausalLM.from_pretrained(run.model)
+        reference, _ = load_model_and_tokenizer(run.reference, None, dtype="float32") if run.reference else (None, None)
+        if reference is None:
+            raise ValueError(f"{run_path}: recipe.json names no model_name_or_path to use as the reference")
+    return paired_statistics(policy, reference, tokenizer, rows, beta=beta, batch_size=batch_size)
+
+
+def heldout_rows(run_path: str, data: str | None = None, *, max_rows: int = 512) -> list[dict]:
+    """Held-out paired rows (prompt, chosen, rejected): ``data`` (a .json/.jsonl file), else the tiny
+    task's paired test split for tiny runs, else the test split of the run's recipe dataset mixture."""
+    from .evaluation.common import RunInfo
+
+    if data:
+        text = Path(data).read_text()
+        rows = json.loads(text) if data.endswith(".json") else [json.loads(l) for l in text.splitlines() if l.strip()]
+    else:
+        run = RunInfo.from_path(run_path)
+        if run.recipe.get("tiny_assets"):
+            from .tiny import ensure_tiny_assets, read_jsonl
+
+            rows = read_jsonl(ensure_tiny_assets(run.recipe["tiny_assets"])["paired_test"])
+        else:
+            from .data import DatasetMixture, load_mixture
+
+            mixture = load_mixture(DatasetMixture.from_dict(run.recipe["dataset_mixture"], source=run.recipe_path),
+                                   target="paired")
+            if "test" not in mixture:
+                raise ValueError(f"{run_path}: the recipe's dataset_mixture has no test split; pass --data FILE")
+            rows = [mixture["test"][i] for i in range(min(max_rows, len(mixture["test"])))]
+    missing = {"prompt", "chosen", "rejected"} - set(rows[0]) if rows else {"rows"}
+    if missing:
+        raise ValueError(f"{data or run_path}: held-out data needs columns prompt, chosen, rejected; missing {sorted(missing)}")
+    return rows[:max_rows]

@@ -1,0 +1,35 @@
+#!/usr/bin/env python
+"""Paper Fig. 1 for one or several runs: held-out reward quantiles (1a) and margin quantiles (1b).
+
+    python scripts/plot.py runs/tiny-aot_unpaired runs/tiny-dpo      # -> results/plots/fig1{a,b}.png
+    python scripts/plot.py runs/merlinite-7b-aot_unpaired --data heldout_pairs.jsonl --max-rows 1000
+
+Held-out pairs: --data (json/jsonl with prompt, chosen, rejected), else the tiny task's paired test
+split (tiny runs), else the test split of the first run's recipe. All runs are scored on the same rows.
+"""
+
+import argparse
+
+from aot_handbook.plots import figure1, heldout_rows, run_statistics
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--data", default=None)
+    p.add_argument("--max-rows", type=int, default=512)
+    p.add_argument("--beta", type=float, default=None, help="default: each run's recipe beta")
+    p.add_argument("--out-dir", default="results/plots")
+    args = p.parse_args(argv)
+    rows = heldout_rows(args.runs[0], args.data, max_rows=args.max_rows)
+    stats = {}
+    for run in args.runs:
+        stats[run.rstrip("/").split("/")[-1]] = s = run_statistics(run, rows, beta=args.beta)
+        print(f"{run}: reward accuracy {s['reward_accuracy']:.3f}, FSD violation (rewards) "
+              f"{s['rewards_fsd']['fsd_violation_share']:.3f}, (margins) {s['margins_fsd']['fsd_violation_share']:.3f}")
+    paths = figure1(stats, args.out_dir)
+    print(f"Fig. 1a: {paths['a']}\nFig. 1b: {paths['b']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""What every evaluation shares: the run being evaluated, provenance, atomic result files.
+
+One result file per (run, evaluation): ``results/<run name>/<evaluation name>.json``. It holds
+``scores`` (table column -> value in percent), ``details`` (the evaluation's own output) and
+``provenance`` (model, adapter, recipe path + sha256 of ``recipe.json``, judge, package
+versions, date), and is written to a temporary name and renamed, so an interrupted evaluation
+never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+RESULTS_DIR = Path("results")
+PACKAGES = ("aot-handbook", "torch", "transformers", "trl", "peft", "datasets", "alpaca-eval", "lm-eval", "vllm")
+
+# Hub ids of the paper's base models -> the short names the recipes and tables use.
+BASE_MODELS = {
+    "ibm/merlinite-7b": "merlinite-7b",
+    "mistralai/mistral-7b-instruct-v0.2": "mistral-7b-instruct-v0.2",
+    "meta-llama/meta-llama-3-8b-instruct": "llama3-8b-instruct",
+    "teknium/openhermes-2.5-mistral-7b": "openhermes-2.5-mistral-7b",
+    "berkeley-nest/starling-lm-7b-alpha": "starling-lm-7b-alpha",
+}
+DATASETS = (("ultrafeedback", "ultrafeedback"), ("helpsteer", "helpsteer"), ("beavertails", "pku-beavertails"),
+            ("pku", "pku-beavertails"))
+
+
+def write_json(path: str | Path, data) -> Path:
+    """Write then rename: a killed process leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def package_versions() -> dict[str, str | None]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def base_model_key(name: str) -> str:
+    """``ibm/merlinite-7b`` -> ``merlinite-7b``; a local run folder -> its own base model's key."""
+    path = Path(name)
+    if (path / "recipe.json").is_file():
+        return RunInfo.from_path(path).base_model
+    return BASE_MODELS.get(name.lower(), path.name.lower() or name.lower())
+
+
+@dataclass
+class RunInfo:
+    """A model to evaluate: a run folder of ``aot_handbook.run.train`` or a plain model (the base row)."""
+
+    path: str  # as given: run folder, model folder or hub id
+    name: str  # results/<name>/...
+    method: str  # aot_paired, aot_unpaired, dpo, ipo, kto, sft, or "base" for a model that is not a run
+    model: str  # what from_pretrained loads (the base model when ``adapter`` is set)
+    adapter: str | None = None  # a PEFT (LoRA) adapter folder
+    reference: str | None = None  # the model the run started from (SFT / base), for win rates and plots
+    base_model: str = ""  # table row group: merlinite-7b, ..., tiny
+    dataset: str | None = None  # ultrafeedback, helpsteer, pku-beavertails, tiny
+    sort: str | None = None  # AOT hard / soft sort
+    seed: int | None = None
+    recipe_path: str | None = None
+    recipe_sha256: str | None = None
+    complete: bool = True
+    recipe: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> "RunInfo":
+        path_s = str(path).rstrip("/")
+        run = Path(path_s)
+        if not (run / "recipe.json").is_file():  # a base model (local folder or hub id): the paper's last row
+            return cls(path=path_s, name=run.name or path_s.replace("/", "--"), method="base", model=path_s,
+                       base_model=base_model_key(path_s))
+        meta = json.loads((run / "recipe.json").read_text())
+        recipe = meta.get("recipe", {})
+        start = recipe.get("model_name_or_path") or ""
+        adapter, model = None, path_s
+        if (run / "adapter_config.json").is_file():
+            adapter = path_s
+            model = json.loads((run / "adapter_config.json").read_text()).get("base_model_name_or_path") or start
+        method = recipe.get("method", "unknown")
+        return cls(
+            path=path_s, name=run.name, method=method, model=model, adapter=adapter,
+            reference=start or None,
+            base_model="tiny" if recipe.get("tiny_assets") else base_model_key(start) if start else "unknown",
+            dataset=_dataset_key(recipe),
+            sort=recipe.get("aot_sort", "hard") if method.startswith("aot") else None,
+            seed=recipe.get("seed"),
+            recipe_path=meta.get("path"), recipe_sha256=sha256(run / "recipe.json"),
+            complete=(run / "run.json").is_file(), recipe=recipe,
+        )
+
+    def describe(self) -> dict:
+        d = asdict(self)
+        d.pop("recipe")
+        return d
+
+
+def _dataset_key(recipe: dict) -> str | None:
+    if recipe.get("tiny_assets"):
+        return "tiny"
+    text = json.dumps(recipe.get("dataset_mixture") or {}).lower()
+    for needle, key in DATASETS:
+        if needle in text:
+            return key
+    sources = [d.get("path") for d in (recipe.get("dataset_mixture") or {}).get("datasets", []) if d.get("path")]
+    return sources[0] if sources else None
+
+
+def load_eval_recipe(path: str | Path) -> dict:
+    """An evaluation recipe (``recipes/eval/*.yaml``): ``name``, ``kind`` and the kind's blocks."""
+    path = Path(path)
+    recipe = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path}: an evaluation recipe is a mapping")
+    recipe.setdefault("name", path.stem)
+    kinds = ("alpaca_eval", "lm_eval", "tiny_task")
+    if recipe.get("kind") not in kinds:
+        raise ValueError(f"{path}: key 'kind' must be one of {kinds}, got {recipe.get('kind')!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(recipe["name"])):
+        raise ValueError(f"{path}: key 'name' must be a file-name-safe string, got {recipe['name']!r}")
+    recipe["_path"] = str(path)
+    recipe["_sha256"] = sha256(path)
+    return recipe
+
+
+def result_path(run: RunInfo, eval_name: str, results_dir: str | Path = RESULTS_DIR) -> Path:
+    return Path(results_dir) / run.name / f"{eval_name}.json"
+
+
+def save_result(run: RunInfo, recipe: dict, scores: dict, details: dict, *, judge: dict | None = None,
+                results_dir: str | Path = RESULTS_DIR) -> Path:
+    """One result file, with the provenance every table cell can be traced back to."""
+    result = {
+        "evaluation": recipe["name"],
+        "kind": recipe["kind"],
+        "run": run.describe(),
+        "scores": scores,
+        "details": details,
+        "provenance": {
+            "model": run.model,
+            "adapter": run.adapter,
+            "run_recipe": run.recipe_path,
+            "run_recipe_json_sha256": run.recipe_sha256,
+            "eval_recipe": recipe["_path"],
+            "eval_recipe_sha256": recipe["_sha256"],
+            "judge": judge,
+            "packages": package_versions(),
+            "date": utc_now(),
+        },
+    }
+    return write_json(result_path(run, recipe["name"], results_dir), result)
+
+
+def load_results(results_dir: str | Path = RESULTS_DIR) -> list[dict]:
+    """Every complete result file under ``results_dir`` (temporary files are skipped)."""
+    out = []
+    for path in sorted(Path(results_dir).glob("*/*.json")):
+        if path.name.startswith("."):
+            continue
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "scores" in data and "run" in data:
+            data["_file"] = str(path)
+            out.append(data)
+    return out
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Atomic text write (tables)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,160 @@
+"""Completions for AlpacaEval: the run's chat template, LoRA or full model, batched, resumable.
+
+Output is alpaca_eval's format, a JSON list of ``{instruction, output, generator, dataset}``.
+Progress is kept in ``<out>.partial.json`` (rewritten atomically after every batch); the
+final file appears, by rename, only when every instruction has an output. Re-running skips the
+instructions (by text) that already have one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .common import write_json
+
+logger = logging.getLogger(__name__)
+ALPACA_EVAL_HUB = ("tatsu-lab/alpaca_eval", "alpaca_eval.json")  # 805 instructions (+ text-davinci-003 outputs)
+
+
+def load_instructions(source: str, *, limit: int | None = None) -> list[dict]:
+    """Rows with ``instruction`` (and ``dataset``) from a local .json/.jsonl file or the AlpacaEval hub set.
+
+    A local file may also hold rows with ``prompt`` instead of ``instruction`` (the tiny task).
+    """
+    path = Path(source)
+    if path.is_file():
+        text = path.read_text()
+        rows = json.loads(text) if path.suffix == ".json" else [json.loads(l) for l in text.splitlines() if l.strip()]
+    elif source in ("tatsu-lab/alpaca_eval", "alpaca_eval"):
+        from huggingface_hub import hf_hub_download
+
+        try:
+            rows = json.loads(Path(hf_hub_download(ALPACA_EVAL_HUB[0], ALPACA_EVAL_HUB[1], repo_type="dataset")).read_text())
+        except Exception as exc:  # offline, no cache
+            raise RuntimeError(
+                f"generation.instructions: could not load {source!r} from the hub ({type(exc).__name__}: {exc}). "
+                "Offline, point generation.instructions at a local copy of alpaca_eval.json.") from exc
+    else:
+        raise FileNotFoundError(f"generation.instructions: {source!r} is neither a file nor tatsu-lab/alpaca_eval")
+    out = []
+    for i, r in enumerate(rows):
+        instruction = r.get("instruction", r.get("prompt"))
+        if instruction is None:
+            raise ValueError(f"{source}: row {i} has neither an 'instruction' nor a 'prompt' column")
+        out.append({"instruction": instruction, "dataset": r.get("dataset", Path(source).stem)})
+    return out[:limit] if limit else out
+
+
+def build_prompts(tokenizer, instructions: list[str]) -> list[str]:
+    """The run's chat template (the tokenizer's) with the generation prompt; raw text when there is none."""
+    if getattr(tokenizer, "chat_template", None):
+        return [tokenizer.apply_chat_template([{"role": "user", "content": x}], tokenize=False,
+                                              add_generation_prompt=True) for x in instructions]
+    return list(instructions)
+
+
+def load_model_and_tokenizer(model: str, adapter: str | None = None, *, dtype: str = "auto"):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter or model)  # the run saves its tokenizer (chat template)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
+    if adapter:
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, adapter).merge_and_unload()  # merged: plain generate() speed
+    if torch.cuda.is_available():
+        lm = lm.to("cuda")
+    return lm.eval(), tokenizer
+
+
+@torch.no_grad()
+def _hf_generate(lm, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sample: bool,
+                 temperature: float, top_p: float):
+    """Yield (index, completion) for one length-sorted, left-padded batch of prompts."""
+    tokenizer.padding_side = "left"
+    templated = bool(getattr(tokenizer, "chat_template", None))  # the template already holds BOS
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not templated).to(lm.device)
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)
+    gen = lm.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id, **sampling)
+    return tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def _vllm_available() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except Exception:
+        return False
+    return torch.cuda.is_available()
+
+
+def generate_outputs(model: str, out_path: str | Path, *, instructions: str, generator: str,
+                     adapter: str | None = None, limit: int | None = None, max_new_tokens: int = 2048,
+                     batch_size: int = 8, do_sample: bool = False, temperature: float = 0.7, top_p: float = 1.0,
+                     backend: str = "auto", dtype: str = "auto", strip: bool = True) -> Path:
+    """Generate (or finish generating) ``out_path`` in alpaca_eval's format; return its path."""
+    out_path = Path(out_path)
+    partial = out_path.with_name(out_path.stem + ".partial.json")
+    rows = load_instructions(instructions, limit=limit)
+    done: dict[str, dict] = {}
+    for existing in (out_path, partial):
+        if existing.is_file():
+            for r in json.loads(existing.read_text()):
+                done.setdefault(r["instruction"], r)
+    todo = [r for r in rows if r["instruction"] not in done]
+    if todo:
+        logger.info("generating %d of %d instructions (%d already done)", len(todo), len(rows), len(rows) - len(todo))
+        use_vllm = backend == "vllm" or (backend == "auto" and _vllm_available())
+        run, since = (_generate_vllm if use_vllm else _generate_hf), 0
+        for r, text in run(model, adapter, todo, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           do_sample=do_sample, temperature=temperature, top_p=top_p, dtype=dtype):
+            done[r["instruction"]] = {"instruction": r["instruction"], "output": text.strip() if strip else text,
+                                      "generator": generator, "dataset": r["dataset"]}
+            since += 1
+            if since >= batch_size:  # checkpoint once per batch
+                write_json(partial, list(done.values()))
+                since = 0
+    final = [{**done[r["instruction"]], "generator": generator} for r in rows]  # the instructions' order
+    write_json(out_path, final)
+    partial.unlink(missing_ok=True)
+    return out_path
+
+
+def _generate_hf(model, adapter, rows, *, max_new_tokens, batch_size, do_sample, temperature, top_p, dtype):
+    lm, tokenizer = load_model_and_tokenizer(model, adapter, dtype=dtype)
+    prompts = build_prompts(tokenizer, [r["instruction"] for r in rows])
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = sorted(range(len(rows)), key=lambda i: -lengths[i])  # longest first: less padding, early OOM
+    with tqdm(total=len(rows), desc="generate", unit="instr") as bar:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            texts = _hf_generate(lm, tokenizer, [prompts[i] for i in idx], max_new_tokens=max_new_tokens,
+                                 do_sample=do_sample, temperature=temperature, top_p=top_p)
+            for i, text in zip(idx, texts):
+                yield rows[i], text
+            bar.update(len(idx))
+
+
+def _generate_vllm(model, adapter, rows, *, max_new_tokens, batch_size, do_sample, temperature, top_p, dtype):
+    """vLLM backend (GPU machines with vllm installed); LoRA through a LoRARequest. Untested offline."""
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    llm = LLM(model=model, tokenizer=adapter or model, dtype=dtype, enable_lora=bool(adapter))
+    tokenizer = llm.get_tokenizer()
+    prompts = build_prompts(tokenizer, [r["instruction"] for r in rows])
+    params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature if do_sample else 0.0, top_p=top_p)
+    lora = LoRARequest("adapter", 1, adapter) if adapter else None
+    step = max(batch_size, 256)  # vLLM batches internally; chunks only bound the progress granularity
+    for start in tqdm(range(0, len(rows), step), desc="generate (vllm)"):
+        outs = llm.generate(prompts[start:start + step], params, lora_request=lora)
+        for r, o in zip(rows[start:start + step], outs):
+            yield r, o.outputs[0].text

@@ -1,0 +1,135 @@
+"""A small OpenAI-compatible judge server (standard library only) for offline AlpacaEval runs.
+
+It serves ``/v1/models``, ``/v1/chat/completions`` and ``/v1/completions`` the way vLLM does,
+so alpaca_eval's ``openai_completions`` decoder talks to it exactly as to a Llama-3-70B judge
+behind vLLM. Behind it sits a *program* judge for the tiny arithmetic task: it reads the
+instruction and the two outputs out of AlpacaEval's pairwise prompt
+(``alpaca_eval_clf.txt``: identifiers ``m`` and ``M``), judges each with
+:func:`aot_handbook.tiny.judge`, and answers the identifier of the better one, with log-probs
+(``logprob_parser``): the right one wins, both right or both wrong is a tie (equal probability).
+
+    python -m aot_handbook.evaluation.judge_server --port 8011
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from ..tiny import judge as tiny_judge
+
+_INSTRUCTION = re.compile(r'"instruction": """(.*?)""",', re.S)
+_OUTPUT = re.compile(r'"model_identifier": "(\w+)",\s*"output": """(.*?)"""', re.S)
+
+
+def program_preference(prompt: str) -> dict[str, float]:
+    """Probabilities of identifiers ``m`` and ``M`` being the better output, judged by program."""
+    instruction = _INSTRUCTION.search(prompt)
+    outputs = dict(_OUTPUT.findall(prompt))
+    if instruction is None or set(outputs) != {"m", "M"}:
+        raise ValueError("not an AlpacaEval pairwise prompt (alpaca_eval_clf.txt format)")
+    ok = {k: tiny_judge(instruction.group(1), v) for k, v in outputs.items()}
+    if ok["m"] == ok["M"]:
+        return {"m": 0.5, "M": 0.5}
+    return {"m": 1.0, "M": 0.0} if ok["m"] else {"m": 0.0, "M": 1.0}
+
+
+def _logprob(p: float) -> float:
+    return math.log(p) if p > 0 else -100.0
+
+
+def _choice_payload(prompt: str, chat: bool) -> dict:
+    probs = program_preference(prompt)
+    best = max(probs, key=probs.get)
+    top = [{"token": t, "logprob": _logprob(p), "bytes": list(t.encode())} for t, p in probs.items()]
+    if chat:
+        return {"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": best},
+                "logprobs": {"content": [{"token": best, "logprob": _logprob(probs[best]),
+                                          "bytes": list(best.encode()), "top_logprobs": top}]}}
+    return {"index": 0, "finish_reason": "length", "text": best,
+            "logprobs": {"tokens": [best], "token_logprobs": [_logprob(probs[best])],
+                         "top_logprobs": [{t["token"]: t["logprob"] for t in top}]}}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    model_name = "program-judge"
+    api_key: str | None = None
+    requests_seen: list = []
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _send(self, code: int, body: dict):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _authorized(self) -> bool:
+        if self.api_key is None:
+            return True
+        if self.headers.get("Authorization") == f"Bearer {self.api_key}":
+            return True
+        self._send(401, {"error": {"message": "invalid api key", "type": "authentication_error"}})
+        return False
+
+    def do_GET(self):
+        if not self._authorized():
+            return
+        if self.path.rstrip("/").endswith("/models"):
+            return self._send(200, {"object": "list", "data": [{"id": self.model_name, "object": "model"}]})
+        self._send(404, {"error": {"message": f"no route {self.path}"}})
+
+    def do_POST(self):
+        if not self._authorized():
+            return
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        chat = self.path.rstrip("/").endswith("/chat/completions")
+        if not chat and not self.path.rstrip("/").endswith("/completions"):
+            return self._send(404, {"error": {"message": f"no route {self.path}"}})
+        prompt = "\n".join(m.get("content", "") for m in body.get("messages", [])) if chat else body.get("prompt", "")
+        if isinstance(prompt, list):
+            prompt = prompt[0]
+        try:
+            choice = _choice_payload(prompt, chat)
+        except ValueError as exc:
+            return self._send(400, {"error": {"message": str(exc), "type": "invalid_request_error"}})
+        type(self).requests_seen.append(body.get("model"))
+        self._send(200, {"id": f"judge-{time.time_ns()}", "object": "chat.completion" if chat else "text_completion",
+                         "created": int(time.time()), "model": body.get("model", self.model_name),
+                         "choices": [choice],
+                         "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": 1,
+                                   "total_tokens": len(prompt) // 4 + 1}})
+
+
+def serve(port: int = 0, *, host: str = "127.0.0.1", model_name: str = "program-judge", api_key: str | None = None):
+    """Start the server in a daemon thread; returns (server, base_url). ``server.shutdown()`` stops it."""
+    handler = type("Handler", (_Handler,), {"model_name": model_name, "api_key": api_key, "requests_seen": []})
+    server = ThreadingHTTPServer((host, port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://{host}:{server.server_address[1]}/v1"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--port", type=int, default=8011)
+    p.add_argument("--model-name", default="program-judge")
+    args = p.parse_args(argv)
+    server, url = serve(args.port, model_name=args.model_name)
+    print(f"program judge at {url} (model {args.model_name}); Ctrl-C stops it", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""The paper's tables from whatever is under ``results/``: Markdown, CSV and LaTeX.
+
+Each table is rows (method, optionally sort) x columns (score keys of the result files, see
+:mod:`aot_handbook.evaluation.common`), filtered by base model and dataset. A cell is the mean
+over the matching result files (seeds); Table 10 shows mean +- std over seeds. Missing cells are
+a dash. Scores are percentages, printed with one decimal as in the paper.
+
+Layouts (paper, Sec. 5 and App. H):
+  1     Merlinite-7B on UltraFeedback: methods x AlpacaEval (GPT-4, LC) + six benchmarks
+  2     Merlinite-7B: AlpacaEval with the Llama3-70B and the GPT-4 judge + six benchmarks
+  3-6   OpenHermes-2.5, Starling-LM-alpha, Llama3-8B-Instruct, Mistral-7B-Instruct-v0.2 (Llama3-70B judge)
+  7     hard vs soft sort (Merlinite-7B, AOT paired and unpaired)
+  8, 9  unpaired datasets HelpSteer and PKU-BeaverTails (AOT unpaired vs KTO), six benchmarks
+  10    mean and std over seeds (Merlinite-7B, UltraFeedback)
+  tiny  the offline tiny task: program-judged accuracy and win rate vs SFT, AlpacaEval chain, lm-eval
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCHMARKS = [("ARC", "arc"), ("HellaSwag", "hellaswag"), ("MMLU", "mmlu"), ("TruthfulQA", "truthfulqa"),
+              ("Winogrande", "winogrande"), ("GSM8K", "gsm8k")]
+METHODS = [("AOT paired", "aot_paired"), ("AOT unpaired", "aot_unpaired"), ("DPO", "dpo"), ("KTO", "kto"), ("IPO", "ipo")]
+BASE_NAMES = {"merlinite-7b": "Merlinite-7B", "openhermes-2.5-mistral-7b": "OpenHermes-7B",
+              "starling-lm-7b-alpha": "Starling-7B", "llama3-8b-instruct": "Llama3-8B",
+              "mistral-7b-instruct-v0.2": "Mistral-7B", "tiny": "tiny SFT"}
+BASE_METHODS = ("base", "sft")  # the base row: the SFT'd model every method started from
+
+
+@dataclass
+class Row:
+    labels: tuple[str, ...]
+    where: dict  # run field -> value or tuple of values
+    prefer: dict = field(default_factory=dict)  # run field -> value used when several variants exist
+
+
+@dataclass
+class Table:
+    number: str
+    caption: str
+    row_headers: tuple[str, ...]
+    columns: list[tuple[str, str]]  # (header, score key)
+    rows: list[Row]
+    std: bool = False
+
+
+def _alpaca(judge: str, metric: str) -> tuple[str, str]:
+    name = {"gpt4": "GPT-4", "llama3-70b": "Llama3-70B", "program": "program judge"}.get(judge, judge)
+    kind = "LC" if metric == "lc_win_rate" else "WR"
+    return f"AlpacaEval {name} ({kind})", f"alpaca_eval:{judge}:{metric}"
+
+
+def _method_rows(base: str, dataset: str | None, *, base_row: bool = True, methods=METHODS) -> list[Row]:
+    rows = [Row((label,), {"method": m, "base_model": base, **({"dataset": dataset} if dataset else {})},
+                prefer={"sort": "soft"}) for label, m in methods]
+    if base_row:
+        rows.append(Row((BASE_NAMES.get(base, base),), {"method": BASE_METHODS, "base_model": base}))
+    return rows
+
+
+def table_spec(number: str | int, alpaca_metric: str = "lc_win_rate") -> Table:
+    n = str(number)
+    gpt4, llama = _alpaca("gpt4", alpaca_metric), _alpaca("llama3-70b", alpaca_metric)
+    per_base = {"3": "openhermes-2.5-mistral-7b", "4": "starling-lm-7b-alpha", "5": "llama3-8b-instruct",
+                "6": "mistral-7b-instruct-v0.2"}
+    if n == "1":
+        return Table(n, "Merlinite-7B aligned on UltraFeedback: AlpacaEval (GPT-4 judge) and zero-shot benchmarks",
+                     ("Method",), [gpt4, *BENCHMARKS], _method_rows("merlinite-7b", "ultrafeedback"))
+    if n == "2":
+        return Table(n, "Merlinite-7B on UltraFeedback: Llama3-70B and GPT-4 judges", ("Method",),
+                     [llama, gpt4, *BENCHMARKS], _method_rows("merlinite-7b", "ultrafeedback"))
+    if n in per_base:
+        base = per_base[n]
+        return Table(n, f"{BASE_NAMES[base]} on UltraFeedback (Llama3-70B judge)", ("Method",),
+                     [llama, *BENCHMARKS], _method_rows(base, "ultrafeedback"))
+    if n == "7":
+        rows = [Row((label, sort.capitalize()), {"method": m, "base_model": "merlinite-7b",
+                                                 "dataset": "ultrafeedback", "sort": sort})
+                for label, m in METHODS[:2] for sort in ("soft", "hard")]
+        return Table(n, "Hard vs soft sort (Merlinite-7B, UltraFeedback)", ("Method", "Sort"), [llama, *BENCHMARKS], rows)
+    if n in ("8", "9"):
+        dataset = {"8": "helpsteer", "9": "pku-beavertails"}[n]
+        rows = _method_rows("merlinite-7b", dataset, methods=[METHODS[1], METHODS[3]])
+        return Table(n, f"Unpaired data: {dataset} (Merlinite-7B)", ("Method",), BENCHMARKS, rows)
+    if n == "10":
+        return Table(n, "Mean and std over seeds (Merlinite-7B, UltraFeedback)", ("Method",), [llama, gpt4, *BENCHMARKS],
+                     _method_rows("merlinite-7b", "ultrafeedback", base_row=False), std=True)
+    if n == "tiny":
+        methods = METHODS + [("SFT", "sft")]
+        rows = [Row((label,), {"method": m, "base_model": "tiny"}) for label, m in methods]
+        cols = [("Accuracy", "tiny:accuracy"), ("Carry", "tiny:carry"), ("No carry", "tiny:no_carry"),
+                ("Win rate vs SFT (program)", "tiny:win_rate_vs_sft"), _alpaca("program", "win_rate"),
+                ("lm-eval MC", "tiny_mc"), ("lm-eval gen", "tiny_gen")]
+        return Table(n, "Tiny offline task (2-digit addition), judged by program", ("Method",), cols, rows)
+    raise ValueError(f"TABLE={number!r}: the paper's tables are 1-10 (or 'tiny')")
+
+
+def _matches(run: dict, where: dict) -> bool:
+    for key, want in where.items():
+        got = run.get(key)
+        if isinstance(want, tuple) and got not in want or not isinstance(want, tuple) and got != want:
+            return False
+    return True
+
+
+def cell_values(results: list[dict], row: Row, key: str) -> list[float]:
+    found = [r for r in results if _matches(r["run"], row.where) and r["scores"].get(key) is not None]
+    for k, v in row.prefer.items():  # e.g. several sort variants: the paper's default one
+        preferred = [r for r in found if r["run"].get(k) == v]
+        if preferred:
+            found = preferred
+    return [float(r["scores"][key]) for r in found]
+
+
+def build(table: Table, results: list[dict]) -> list[list[str]]:
+    """The table as a list of string rows (header first); missing cells are '-'."""
+    out = [list(table.row_headers) + [h for h, _ in table.columns]]
+    for row in table.rows:
+        cells = []
+        for _, key in table.columns:
+            values = cell_values(results, row, key)
+            if not values:
+                cells.append("-")
+            elif table.std:
+                std = statistics.stdev(values) if len(values) > 1 else 0.0
+                cells.append(f"{statistics.mean(values):.1f} ± {std:.1f} (n={len(values)})")
+            else:
+                cells.append(f"{statistics.mean(values):.1f}")
+        out.append(list(row.labels) + cells)
+    return out
+
+
+def to_markdown(table: Table, grid: list[list[str]]) -> str:
+    lines = [f"Table {table.number}: {table.caption}", "",
+             "| " + " | ".join(grid[0]) + " |", "|" + "|".join("---" for _ in grid[0]) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in grid[1:]]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(grid: list[list[str]]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(grid)
+    return buf.getvalue()
+
+
+def _tex(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"), ("±", r"$\pm$")):
+        s = s.replace(a, b)
+    return s
+
+
+def to_latex(table: Table, grid: list[list[str]]) -> str:
+    n_labels = len(table.row_headers)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(table.caption)}}}",
+             rf"\label{{tab:aot-{table.number}}}", r"\begin{tabular}{" + "l" * n_labels + "c" * len(table.columns) + "}",
+             r"\toprule", " & ".join(_tex(h) for h in grid[0]) + r" \\", r"\midrule"]
+    lines += [" & ".join(_tex(c) for c in r) + r" \\" for r in grid[1:]]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def render(number: str | int, results_dir: str | Path = "results", out_dir: str | Path | None = None, *,
+           alpaca_metric: str = "lc_win_rate", results: list[dict] | None = None) -> dict[str, Path]:
+    """Write ``table<N>.md/.csv/.tex`` under ``out_dir`` (default ``<results_dir>/tables``); return their paths."""
+    from .evaluation.common import load_results, write_text
+
+    table = table_spec(number, alpaca_metric)
+    grid = build(table, load_results(results_dir) if results is None else results)
+    out = Path(out_dir) if out_dir else Path(results_dir) / "tables"
+    paths = {}
+    for ext, text in (("md", to_markdown(table, grid)), ("csv", to_csv(grid)), ("tex", to_latex(table, grid))):
+        paths[ext] = write_text(out / f"table{table.number}.{ext}", text)
+    return paths
