@@ -27,7 +27,7 @@ VALIDATE ?= recipes
 PYTEST_ARGS ?=
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: help setup test train validate-recipes sweep generate-recipes eval table plot
+.PHONY: help setup test train validate-recipes sweep generate-recipes eval table plot bench
 
 help:
 	@echo "make test | make train [RECIPE=recipes/...yaml] [ARGS='--key value ...']"
@@ -35,6 +35,7 @@ help:
 	@echo "make validate-recipes | make sweep SWEEP=recipes/ablations/<name>.sweep.yaml [ARGS=--dry-run]"
 	@echo "make generate-recipes   (rewrite recipes/<model>/*.yaml and recipes/unpaired/ from recipes/_generate.py)"
 	@echo "make eval [RUN=runs/...] [EVAL=recipes/eval/...yaml] | make table [TABLE=1..10|tiny] | make plot [RUN='runs/a runs/b']"
+	@echo "make bench [QUICK=1]    (BENCHMARKS.md: ours vs TRL, the reference cache, the loss's scaling, generation)"
 
 $(STAMP): setup.cfg pyproject.toml
 	@mkdir -p .cache
@@ -86,3 +87,7 @@ table: $(STAMP)
 
 plot: $(STAMP)
 	$(if $(findstring tiny,$(RUN)),$(OFFLINE)) "$(PY)" scripts/plot.py $(RUN) $(ARGS)
+
+# Benchmarks (BENCHMARKS.md): QUICK=1 for the ~30 s smoke run; ARGS="--only cache,loss --json out.json"
+bench: $(STAMP)
+	$(OFFLINE) "$(PY)" scripts/bench.py $(if $(QUICK),--quick) $(ARGS)

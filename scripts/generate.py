@@ -2,7 +2,7 @@
 """AlpacaEval generations of a run (or a model), in alpaca_eval's format; resumable.
 
     python scripts/generate.py runs/merlinite-7b-aot_unpaired --out results/merlinite-7b-aot_unpaired/outputs.json
-    python scripts/generate.py runs/tiny-sft --instructions .cache/tiny/v1-seed0/data/eval_prompts.jsonl --max-new-tokens 5
+    python scripts/generate.py runs/tiny-sft --instructions .cache/tiny/v2-seed0/data/eval_prompts.jsonl --max-new-tokens 5
 """
 
 import argparse

@@ -94,8 +94,8 @@ def test_eval_recipes_are_valid(tmp_path):
 
 def test_program_scores_counts_wins_ties_losses():
     rows = ["12+13=", "19+19=", "25+25=", "40+41="]
-    mine = [{"instruction": p, "output": o} for p, o in zip(rows, ["25", "38", "40", "99"])]
-    theirs = [{"instruction": p, "output": o} for p, o in zip(rows, ["25", "28", "60", "81"])]
+    mine = [{"instruction": p, "output": o} for p, o in zip(rows, ["025", "038", "040", "099"])]
+    theirs = [{"instruction": p, "output": o} for p, o in zip(rows, ["025", "028", "060", "081"])]
     scores, details = program_scores(mine, theirs, judge=judge, has_carry=has_carry)
     # 12+13: both right (tie); 19+19: win; 25+25: both wrong (tie); 40+41: loss
     assert (details["wins"], details["ties"], details["losses"]) == (1, 2, 1)

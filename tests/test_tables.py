@@ -111,3 +111,23 @@ def test_missing_cells_are_dashes_and_seeds_give_mean_and_std(tmp_path):
     assert _cells(next(l for l in t2.splitlines() if l.startswith("| AOT unpaired")))[1] == "33.0"
     with pytest.raises(ValueError, match="TABLE='11'"):
         render("11", results, tmp_path / "t")
+
+
+def test_runs_of_different_configurations_are_never_averaged():
+    """Seeds of one configuration are averaged; anything else in one cell is an error, not a silent mean."""
+    from aot_handbook.tables import build, table_spec
+
+    def result(name, config_id, recipe_name, acc, seed=0):
+        run = {"name": name, "method": "sft", "base_model": "tiny", "recipe_name": recipe_name,
+               "config_id": config_id, "recipe_path": f"recipes/tiny/{recipe_name}.yaml", "seed": seed}
+        return {"run": run, "scores": {"tiny:accuracy": acc}}
+
+    table = table_spec("tiny")
+    col = [h for h, key in table.columns].index("Accuracy") + 1
+    seeds = [result("sft-s0", "a", "sft", 70.0), result("sft-s1", "a", "sft", 72.0, seed=1),
+             result("nll", "b", "nll_control", 96.0)]
+    grid = {row[0]: row for row in build(table, seeds)[1:]}
+    assert grid["SFT"][col] == "71.0" and grid["NLL control"][col] == "96.0"
+    clash = [result("sft", "a", "sft", 70.0), result("sft-other-lr", "c", "sft", 90.0)]
+    with pytest.raises(ValueError, match="different configurations"):
+        build(table, clash)

@@ -139,6 +139,16 @@ def test_trl_contract():
     assert "_get_train_sampler" in KTOTrainer.__dict__ or hasattr(KTOTrainer, "_get_train_sampler")
     assert list(inspect.signature(KTOTrainer._get_train_sampler).parameters)[:2] == ["self", "train_dataset"]
     from trl.data_utils import _tokenize, common_prefix_length  # noqa: F401  (heldout.py mirrors TRL with them)
+    # SharedRefCache hands _prepare_dataset a stand-in holding only these settings, so that the rest
+    # of the config stays out of the dataset fingerprint (and so out of the reference log-prob cache key).
+    import re
+
+    from aot_handbook.trainer import _RefCacheArgs
+
+    for cls in (DPOTrainer, KTOTrainer):
+        read = set(re.findall(r"\bargs\.([a-z_]+)", inspect.getsource(cls._prepare_dataset)))
+        assert read <= set(vars(_RefCacheArgs(DPOConfig(output_dir="x", bf16=False, use_cpu=True)))), read
+    assert "_precompute_model_hash" in inspect.getsource(DPOTrainer._precompute_ref_logps)
 
 
 def test_heldout_logps_equal_trl_reference_logps(tiny, tmp_path):

@@ -18,14 +18,14 @@ import torch
 import yaml
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from trl import DPOTrainer, KTOTrainer, SFTTrainer, get_peft_config
+from trl import SFTTrainer, get_peft_config
 
 from .configs import METHODS, AOTUnpairedConfig, Recipe, parse_recipe
 from .data import DatasetMixture, load_mixture
 from .heldout import paired_statistics
 from .model_utils import load_model, load_tokenizer
 from .plots import quantile_plot
-from .trainer import AOTTrainer, UnpairedAOTTrainer
+from .trainer import AOTTrainer, HandbookDPOTrainer, HandbookKTOTrainer, UnpairedAOTTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class StopOnNonFinite(TrainerCallback):
 def _trainer_class(method: str, training_args):
     if method in ("aot_paired", "aot_unpaired"):
         return UnpairedAOTTrainer if isinstance(training_args, AOTUnpairedConfig) else AOTTrainer
-    return {"dpo": DPOTrainer, "ipo": DPOTrainer, "kto": KTOTrainer, "sft": SFTTrainer}[method]
+    return {"dpo": HandbookDPOTrainer, "ipo": HandbookDPOTrainer, "kto": HandbookKTOTrainer, "sft": SFTTrainer}[method]
 
 
 def _is_unpaired(dataset) -> bool:

@@ -91,8 +91,9 @@ def table_spec(number: str | int, alpaca_metric: str = "lc_win_rate") -> Table:
         return Table(n, "Mean and std over seeds (Merlinite-7B, UltraFeedback)", ("Method",), [llama, gpt4, *BENCHMARKS],
                      _method_rows("merlinite-7b", "ultrafeedback", base_row=False), std=True)
     if n == "tiny":
-        methods = METHODS + [("SFT", "sft")]
-        rows = [Row((label,), {"method": m, "base_model": "tiny"}) for label, m in methods]
+        rows = [Row((label,), {"method": m, "base_model": "tiny"}) for label, m in METHODS]
+        rows += [Row(("NLL control",), {"method": "sft", "base_model": "tiny", "recipe_name": "nll_control"}),
+                 Row(("SFT",), {"method": "sft", "base_model": "tiny", "recipe_name": "sft"})]
         cols = [("Accuracy", "tiny:accuracy"), ("Carry", "tiny:carry"), ("No carry", "tiny:no_carry"),
                 ("Win rate vs SFT (program)", "tiny:win_rate_vs_sft"), _alpaca("program", "win_rate"),
                 ("lm-eval MC", "tiny_mc"), ("lm-eval gen", "tiny_gen")]
@@ -114,6 +115,11 @@ def cell_values(results: list[dict], row: Row, key: str) -> list[float]:
         preferred = [r for r in found if r["run"].get(k) == v]
         if preferred:
             found = preferred
+    configs = {r["run"].get("config_id") for r in found} - {None}
+    if len(configs) > 1:  # never average runs that are more than seeds of one configuration
+        runs = sorted(f"{r['run'].get('name')} ({r['run'].get('recipe_path')})" for r in found)
+        raise ValueError(f"row {' / '.join(row.labels)!r}, column {key!r}: results of different configurations "
+                         f"fall in one cell: {runs}. Keep one configuration per row in results/ (seeds only).")
     return [float(r["scores"][key]) for r in found]
 
 

@@ -1,9 +1,12 @@
 """Tiny offline assets: a char tokenizer, a ~1M-parameter Llama and a checkable task.
 
-The task is 2-digit addition (``47+38=`` -> ``85``) with a planted systematic flaw: in
-the SFT data a carry problem gets the carry-dropped answer (``75``) with probability
+The task is 2-digit addition (``47+38=`` -> ``085``) with a planted systematic flaw: in
+the SFT data a carry problem gets the carry-dropped answer (``075``) with probability
 ``FLAW_RATE``. The SFT model learns the flaw, so preference data (correct vs flawed) has
 something to fix, and a program can judge every answer.
+
+Answers are zero-padded to 3 digits, so chosen and rejected answers differ in digits
+only, never in length (with ``85`` / ``101``, preference training learned to stop early).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-TASK_VERSION = 1  # bump when the task or the assets change, so stale caches are not reused
+TASK_VERSION = 2  # bump when the task or the assets change, so stale caches are not reused
 FLAW_RATE = 0.6
 SPLIT_SIZES = {"eval_prompts": 600, "val_prompts": 300, "paired_test": 256, "unpaired_test": 256}
 N_PAIRED_TRAIN = 4000
@@ -43,9 +46,13 @@ def has_carry(prompt: str) -> bool:
     return a % 10 + b % 10 >= 10
 
 
+def _fmt(n: int) -> str:
+    return f"{n:03d}"
+
+
 def answer(prompt: str) -> str:
     a, b = _operands(prompt)
-    return str(a + b)
+    return _fmt(a + b)
 
 
 def judge(prompt: str, completion: str) -> bool:
@@ -57,13 +64,13 @@ def judge(prompt: str, completion: str) -> bool:
 def flawed(prompt: str) -> str:
     """The planted flaw: the carry from the units into the tens is dropped."""
     a, b = _operands(prompt)
-    return str(a + b - 10) if has_carry(prompt) else str(a + b)
+    return _fmt(a + b - 10 if has_carry(prompt) else a + b)
 
 
 def spurious_carry(prompt: str) -> str:
     """The over-correction a flaw fix risks: a carry added where there is none."""
     a, b = _operands(prompt)
-    return str(a + b + 10)
+    return _fmt(a + b + 10)
 
 
 def wrong_answer(prompt: str) -> str:
@@ -186,9 +193,13 @@ def ensure_tiny_assets(root: str | Path = ".cache/tiny", *, seed: int = 0) -> di
     model_dir = home / "base_model"
     if not model_dir.exists():
         tmp = Path(tempfile.mkdtemp(dir=home, prefix=".base_model."))
-        tokenizer = build_tokenizer()
-        tokenizer.save_pretrained(tmp)
-        build_base_model(tokenizer, seed).save_pretrained(tmp)
+        try:
+            tokenizer = build_tokenizer()
+            tokenizer.save_pretrained(tmp)
+            build_base_model(tokenizer, seed).save_pretrained(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         _publish(tmp, model_dir)
     paths = {"base_model": model_dir, "tokenizer": model_dir}
     splits = None
@@ -241,3 +252,18 @@ def task_accuracy(model, tokenizer, rows: list[dict], *, batch_size: int = 256,
         sub = [o for p, o in zip(prompts, ok) if has_carry(p) == want]
         result[cat] = sum(sub) / len(sub) if sub else float("nan")
     return result
+
+
+def on_policy_pairs(model, tokenizer, rows: list[dict], *, k: int = 4, seed: int = 0) -> list[dict]:
+    """Pairs whose rejected answer is the model's own: the first wrong one among ``k``
+    samples (temperature 1), else the offline one. Pure AOT from the SFT model was stable
+    across seeds with these and not with the offline rejected answers."""
+    prompts, wrong = [r["prompt"] for r in rows], [None] * len(rows)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(k):
+            todo = [i for i, w in enumerate(wrong) if w is None]
+            samples = generate(model, tokenizer, [prompts[i] for i in todo], do_sample=True) if todo else []
+            for i, text in zip(todo, samples):
+                wrong[i] = None if judge(prompts[i], text) else text.strip()
+    return [{**r, "rejected": w if w is not None else r["rejected"]} for r, w in zip(rows, wrong)]

@@ -15,10 +15,12 @@ data-parallel ranks (AOT_SPEC sec. 6) and FSD diagnostics in the logs.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
 import torch.distributed as dist
+from datasets.fingerprint import Hasher
 from torch.utils.data import Sampler
 from trl import DPOTrainer, KTOTrainer
 
@@ -53,6 +55,63 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 def _multi_process() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _RefCacheArgs:
+    """What TRL's ``_prepare_dataset`` reads from the training arguments, and nothing else.
+
+    TRL (1.16) keys the precomputed reference log-probs by (tokenized dataset fingerprint, reference
+    weights hash). ``_prepare_dataset`` filters with a lambda closing over the whole config, which
+    ``datasets`` hashes into that fingerprint: every seed, method, beta or output_dir recomputed.
+    """
+
+    def __init__(self, args):
+        self.dataset_num_proc = args.dataset_num_proc
+        self.max_length = args.max_length
+        self.truncation_mode = getattr(args, "truncation_mode", None)
+        self.per_device_train_batch_size = args.per_device_train_batch_size  # KTO builds its KL pairs per batch
+
+
+def reference_weights_hash(model) -> str:
+    """sha256 of the weights the reference uses. A PEFT model's reference is the model with its adapters
+    disabled, so the adapters are left out (TRL hashes them too, and LoRA's init differs from run to run)."""
+    adapters = tuple(f".{name}." for name in getattr(model, "peft_config", {}))
+    h = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        if adapters and any(a in key for a in adapters):
+            continue
+        tensor = tensor.detach().cpu()
+        h.update(key.encode() + str(tensor.dtype).encode())
+        h.update((tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor).numpy().tobytes())
+    return h.hexdigest()
+
+
+class SharedRefCache:
+    """Mixin for TRL's DPO/KTO trainers: one reference log-prob cache per (data, tokenizer, truncation, reference)."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        return super()._prepare_dataset(dataset, processing_class, _RefCacheArgs(args), dataset_name)
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        if not getattr(self, "_ref_cache_keyed", False):  # once: train and eval splits share it
+            weights = self._precompute_model_hash
+            if self.ref_model is None and hasattr(self.model, "peft_config"):  # reference = adapters disabled
+                weights = reference_weights_hash(self.model)
+            # Truncation (and DPO's ld_alpha) change the log-probs of the same rows; TRL keys them only
+            # through the filter's closure, which is absent with truncation_mode="keep_end".
+            args = self.args
+            self._precompute_model_hash = Hasher.hash(
+                (weights, args.max_length, getattr(args, "truncation_mode", None), getattr(args, "ld_alpha", None)))
+            self._ref_cache_keyed = True
+        return super()._precompute_ref_logps(dataset, name, batch_size)
+
+
+class HandbookDPOTrainer(SharedRefCache, DPOTrainer):
+    """TRL's DPOTrainer (dpo, ipo) sharing the reference log-prob cache with the AOT runs."""
+
+
+class HandbookKTOTrainer(SharedRefCache, KTOTrainer):
+    """TRL's KTOTrainer sharing the reference log-prob cache."""
 
 
 class _AOTObjective:
@@ -121,7 +180,7 @@ class _AOTObjective:
             self._metrics[mode]["rewards/margins"].append((chosen_r - rejected_r).mean().item())
 
 
-class AOTTrainer(_AOTObjective, DPOTrainer):
+class AOTTrainer(_AOTObjective, SharedRefCache, DPOTrainer):
     """AOT on paired-format data. ``args``: ``AOTConfig``."""
 
     def _compute_loss(self, model, inputs, return_outputs):
@@ -195,7 +254,7 @@ class BalancedLabelSampler(Sampler[int]):
         return self.n_batches * self.batch_size
 
 
-class UnpairedAOTTrainer(_AOTObjective, KTOTrainer):
+class UnpairedAOTTrainer(_AOTObjective, SharedRefCache, KTOTrainer):
     """AOT on truly unpaired data (prompt, completion, label). ``args``: ``AOTUnpairedConfig``."""
 
     def _balanced(self, dataset, batch_size, seed):

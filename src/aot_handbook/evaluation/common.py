@@ -86,6 +86,8 @@ class RunInfo:
     sort: str | None = None  # AOT hard / soft sort
     seed: int | None = None
     recipe_path: str | None = None
+    recipe_name: str | None = None  # the recipe file's stem, e.g. sft, nll_control, aot_unpaired
+    config_id: str | None = None  # the recipe and overrides without seed/output_dir: runs equal in it are seeds
     recipe_sha256: str | None = None
     complete: bool = True
     recipe: dict = field(default_factory=dict, repr=False)
@@ -112,7 +114,8 @@ class RunInfo:
             dataset=_dataset_key(recipe),
             sort=recipe.get("aot_sort", "hard") if method.startswith("aot") else None,
             seed=recipe.get("seed"),
-            recipe_path=meta.get("path"), recipe_sha256=sha256(run / "recipe.json"),
+            recipe_path=meta.get("path"), recipe_name=Path(meta["path"]).stem if meta.get("path") else None,
+            config_id=_config_id(recipe, meta.get("overrides") or []), recipe_sha256=sha256(run / "recipe.json"),
             complete=(run / "run.json").is_file(), recipe=recipe,
         )
 
@@ -120,6 +123,23 @@ class RunInfo:
         d = asdict(self)
         d.pop("recipe")
         return d
+
+
+SEED_KEYS = {"seed", "data_seed", "output_dir", "run_name"}
+
+
+def _config_id(recipe: dict, overrides: list[str]) -> str:
+    """What makes two runs the same configuration up to the seed (so a table may average them)."""
+    kept = {k: v for k, v in recipe.items() if k not in SEED_KEYS}
+    pairs, i = [], 0
+    while i < len(overrides):  # --key value pairs; a seed override is not part of the configuration
+        key = overrides[i].lstrip("-").split("=", 1)[0]
+        step = 1 if "=" in overrides[i] or i + 1 == len(overrides) else 2
+        if key not in SEED_KEYS:
+            pairs.append(overrides[i:i + step])
+        i += step
+    blob = json.dumps([kept, sorted(pairs)], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _dataset_key(recipe: dict) -> str | None:

@@ -83,7 +83,7 @@ def write_tiny_tasks(directory: str | Path, rows: list[dict]) -> Path:
     data = []
     for r in rows:
         p = r["prompt"]
-        wrong = [flawed(p) if flawed(p) != answer(p) else str(int(answer(p)) - 1), spurious_carry(p)]
+        wrong = [flawed(p) if flawed(p) != answer(p) else f"{int(answer(p)) - 1:03d}", spurious_carry(p)]
         data.append({"prompt": p, "answer": answer(p), "choices": [answer(p), *wrong], "gold": 0})
     (d / "tiny_arith.jsonl").write_text("".join(json.dumps(x) + "\n" for x in data))
     common = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {(d / 'tiny_arith.jsonl').resolve()}\n"

@@ -1,0 +1,614 @@
+"""Benchmarks: AOTTrainer vs TRL's DPOTrainer AOT, the reference log-prob cache, the loss, generation.
+
+Every comparison is interleaved (A, B, B, A, ...), warmed up, and reported as median and
+spread (min-max) over repeats; the machine is shared, so read the spread before the median.
+Each trainer measurement runs in a fresh subprocess so its peak RSS is its own.
+
+    python scripts/bench.py [--quick] [--only trainer,cache,loss,generate] [--json out.json]
+
+Sections:
+- ``trainer``: samples/s and peak RSS of ``AOTTrainer`` (aot_paired / aot_unpaired) against TRL
+  ``DPOTrainer(loss_type="aot" / "aot_unpaired")``: same model, data, batch, steps and seed; the
+  step-1 losses must agree to 1e-6.
+- ``cache``: a tiny sweep (AOT paired, AOT unpaired, DPO, IPO x 2 seeds) through
+  ``aot_handbook.run.train`` with ``precompute_ref_log_probs: true``: TRL 1.16 as it is against
+  the same sweep sharing one cache (``trainer.SharedRefCache``'s stable key) vs each run with its own;
+  whether each run computed or reused the reference log-probs, and its step-1 loss.
+- ``loss``: forward+backward time of ``aot_loss`` against n for the hard sort, the Sinkhorn soft
+  sort (autograd memory O(n_iter * n^2): skipped above ~2 GB) and the PAV soft sort.
+- ``generate``: greedy generation on the tiny model, left-padded batches against one prompt at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}
+SOFT_MEMORY_LIMIT = 2 * 1024**3  # bytes of autograd-saved tensors above which the Sinkhorn sort is not run
+
+
+# ---------------------------------------------------------------- statistics and tables
+
+
+def summary(values: list[float]) -> dict:
+    values = sorted(values)
+    return {"median": statistics.median(values), "min": values[0], "max": values[-1], "n": len(values)}
+
+
+def spread(s: dict) -> float:
+    """(max - min) / median: how far to trust the median on a shared machine."""
+    return (s["max"] - s["min"]) / s["median"] if s["median"] else float("nan")
+
+
+def fmt(s: dict, digits: int = 1, scale: float = 1.0) -> str:
+    return f"{s['median'] * scale:.{digits}f} [{s['min'] * scale:.{digits}f}-{s['max'] * scale:.{digits}f}]"
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    """A GitHub markdown table (also readable as plain text)."""
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def machine() -> dict:
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    import transformers
+    import trl
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_avg_1m": round(os.getloadavg()[0], 2), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__}
+
+
+def _child(args: list[str], env: dict | None = None, timeout: float = 1800) -> dict:
+    """Run ``python -m aot_handbook.bench <args>`` in a fresh process; return its last JSON line."""
+    proc = subprocess.run([sys.executable, "-m", "aot_handbook.bench", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **OFFLINE_ENV, **(env or {})})
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("BENCH ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"bench child {args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("BENCH "):])
+
+
+def set_threads(n: int) -> None:
+    """Torch intra-op threads for this process and its children (``BENCH_THREADS``)."""
+    os.environ["BENCH_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(n)
+    torch.set_num_threads(n)
+
+
+def _emit(result: dict) -> None:
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    print("BENCH " + json.dumps(result), flush=True)
+
+
+# ---------------------------------------------------------------- tiny assets
+
+
+def tiny_paths() -> dict:
+    from .tiny import ensure_tiny_assets
+
+    paths = ensure_tiny_assets(ROOT / ".cache" / "tiny")
+    sft = ROOT / "runs" / "tiny-sft"
+    model = sft if (sft / "run.json").is_file() else paths["base_model"]
+    return {**{k: str(v) for k, v in paths.items()}, "model": str(model), "model_kind": "sft" if model == sft else "base"}
+
+
+# ---------------------------------------------------------------- 1. trainer throughput vs TRL
+
+
+def _build_trainer(side: str, loss_type: str, steps: int, batch: int, seed: int):
+    """Ours (AOTTrainer) or TRL's DPOTrainer AOT on the tiny task: same model, data, batch, steps, seed."""
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from .configs import AOTConfig
+    from .trainer import AOTTrainer
+
+    paths = tiny_paths()
+    tokenizer = AutoTokenizer.from_pretrained(paths["model"])
+    data = load_dataset("json", data_files=paths["paired_train"], split="train")
+    data = data.select(range(min(len(data), steps * batch)))
+    model = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=torch.float32).eval().requires_grad_(False)
+    common = dict(output_dir=tempfile.mkdtemp(prefix="bench_", dir="/tmp"), max_steps=steps,
+                  per_device_train_batch_size=batch, learning_rate=1e-4, lr_scheduler_type="constant", beta=0.1,
+                  max_length=32, seed=seed, data_seed=seed, bf16=False, use_cpu=True, gradient_checkpointing=False,
+                  report_to="none", save_strategy="no", eval_strategy="no", logging_steps=steps,
+                  dataloader_num_workers=0, precompute_ref_log_probs=False, disable_tqdm=True)
+    if side == "ours":
+        cls, args = AOTTrainer, AOTConfig(loss_type=loss_type, **common)
+    else:
+        cls, args = DPOTrainer, DPOConfig(loss_type={"aot_paired": "aot", "aot_unpaired": "aot_unpaired"}[loss_type],
+                                          **common)
+    return cls(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tokenizer)
+
+
+def _train_child(side: str, loss_type: str, steps: int, batch: int, seed: int, warmup: int) -> dict:
+    """One side of the trainer comparison, ``trainer.train()`` end to end (runs in its own process)."""
+    from transformers import TrainerCallback
+
+    trainer = _build_trainer(side, loss_type, steps, batch, seed)
+    losses: list[float] = []
+    inner = trainer.compute_loss
+
+    def compute_loss(*a, **k):
+        loss = inner(*a, **k)
+        losses.append((loss[0] if isinstance(loss, tuple) else loss).item())
+        return loss
+
+    trainer.compute_loss = compute_loss
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            stamps.append(time.perf_counter())
+
+    trainer.add_callback(Clock())
+    trainer.train()
+    timed = len(stamps) - warmup
+    return {"side": side, "loss_type": loss_type, "step1_loss": losses[0],
+            "samples_per_s": batch * (timed - 1) / (stamps[-1] - stamps[warmup]) if timed > 1 else float("nan"),
+            "step_s": (stamps[-1] - stamps[warmup]) / max(timed - 1, 1)}
+
+
+def _steps_child(loss_type: str, steps: int, batch: int, seed: int, warmup: int) -> dict:
+    """Both trainers in one process, their training steps (forward, reference forward, loss, backward)
+    interleaved one by one on the same batches (A B B A ...), so load changes hit both sides alike."""
+    trainers = {side: _build_trainer(side, loss_type, steps, batch, seed) for side in ("ours", "trl")}
+    loaders = {side: iter(t.get_train_dataloader()) for side, t in trainers.items()}
+    batches = {side: [next(loaders[side]) for _ in range(min(steps, 8))] for side in trainers}
+    same = all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches["ours"], batches["trl"]))
+    times, losses = {"ours": [], "trl": []}, {"ours": [], "trl": []}
+    for t in trainers.values():
+        t.model.train()
+        t.current_gradient_accumulation_steps = 1  # set by train(); training_step divides by it
+    for i in range(warmup + steps):
+        for side in (("ours", "trl") if i % 2 == 0 else ("trl", "ours")):
+            t = trainers[side]
+            inputs = batches[side][i % len(batches[side])]
+            t0 = time.perf_counter()
+            loss = t.training_step(t.model, inputs)
+            dt = time.perf_counter() - t0
+            t.model.zero_grad(set_to_none=True)  # no optimizer step: the parameters stay at the start point
+            losses[side].append(float(loss))
+            if i >= warmup:
+                times[side].append(dt)
+    ratios = [b / a for a, b in zip(times["ours"], times["trl"])]  # per step: TRL time / our time
+    return {"loss_type": loss_type, "same_batches": same, "step_s": {s: summary(v) for s, v in times.items()},
+            "samples_per_s": {s: batch / summary(v)["median"] for s, v in times.items()},
+            "paired_ratio": summary(ratios), "step1_loss": {s: v[0] for s, v in losses.items()}}
+
+
+def bench_trainer(*, loss_types=("aot_paired", "aot_unpaired"), steps=20, batch=64, repeats=3, warmup=3,
+                  memory_steps=10, seed=0) -> dict:
+    """Throughput: both trainers in one process, steps interleaved (``_steps_child``). Peak RSS, end-to-end
+    samples/s of ``trainer.train()`` and the step-1 loss: each side in fresh processes, interleaved
+    (``repeats`` each; 0 = skip)."""
+    out = {}
+    for loss_type in loss_types:
+        steps_res = _child(["_steps", loss_type, str(steps), str(batch), str(seed), str(warmup)])
+        runs = {"ours": [], "trl": []}
+        for rep in range(repeats):
+            for side in (("ours", "trl") if rep % 2 == 0 else ("trl", "ours")):  # interleaved, alternating order
+                runs[side].append(_child(["_train", side, loss_type, str(memory_steps), str(batch), str(seed),
+                                          str(min(warmup, memory_steps - 2))]))
+        res = {"steps": steps_res, "throughput_ratio": steps_res["paired_ratio"]["median"],
+               "step1_loss_diff": abs(steps_res["step1_loss"]["ours"] - steps_res["step1_loss"]["trl"])}
+        if repeats:
+            for side, rs in runs.items():
+                res[side] = {"samples_per_s": summary([r["samples_per_s"] for r in rs]),
+                             "peak_rss_mb": summary([r["peak_rss_mb"] for r in rs]),
+                             "step1_loss": rs[0]["step1_loss"]}
+            res["memory_ratio"] = res["ours"]["peak_rss_mb"]["median"] / res["trl"]["peak_rss_mb"]["median"]
+            res["e2e_ratio"] = res["ours"]["samples_per_s"]["median"] / res["trl"]["samples_per_s"]["median"]
+            res["step1_loss_diff"] = max(res["step1_loss_diff"], abs(res["ours"]["step1_loss"] - res["trl"]["step1_loss"]))
+        out[loss_type] = res
+    out["config"] = {"steps": steps, "batch": batch, "repeats": repeats, "warmup_steps": warmup,
+                     "memory_steps": memory_steps, "seed": seed, "model": tiny_paths()["model_kind"],
+                     "reference": "separate ref_model, forward every step", "threads": torch.get_num_threads()}
+    return out
+
+
+def trainer_table(res: dict) -> str:
+    rows = []
+    for lt, r in res.items():
+        if lt == "config":
+            continue
+        st = r["steps"]
+        row = [lt, {"aot_paired": "aot", "aot_unpaired": "aot_unpaired"}[lt],
+               f"{st['samples_per_s']['ours']:.1f}", f"{st['samples_per_s']['trl']:.1f}",
+               fmt(st["paired_ratio"], 3)]
+        if "memory_ratio" in r:
+            row += [f"{r['e2e_ratio']:.3f}", fmt(r["ours"]["peak_rss_mb"], 0), fmt(r["trl"]["peak_rss_mb"], 0),
+                    f"{r['memory_ratio']:.3f}"]
+        else:
+            row += ["n/a (--quick)"] * 4
+        rows.append(row + [f"{r['step1_loss_diff']:.1e}"])
+    return table(["ours (AOTTrainer)", "TRL loss_type", "ours samples/s", "TRL samples/s",
+                  "throughput ours/TRL, per-step pairs (>=1.0)", "train() e2e ours/TRL", "ours peak RSS MB",
+                  "TRL peak RSS MB", "RSS ours/TRL (<=1.05)", "|step-1 loss diff|"], rows)
+
+
+# ---------------------------------------------------------------- 2. reference log-prob cache
+
+
+@contextlib.contextmanager
+def ref_cache_probe(record: list):
+    """Record, for every reference precompute, the cache file and whether it already existed."""
+    from datasets.fingerprint import Hasher
+    from trl import DPOTrainer, KTOTrainer
+
+    saved = {cls: cls.__dict__["_precompute_ref_logps"] for cls in (DPOTrainer, KTOTrainer)}
+
+    def patched(cls, original):
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            key = (dataset._fingerprint, self._precompute_model_hash)
+            if cls is KTOTrainer:
+                key = (*key, self.calculate_KL)
+            cache_file = dataset._get_cache_file_path(Hasher.hash(key))
+            entry = {"split": name, "cache_file": cache_file, "reused": os.path.exists(cache_file), "forwards": 0}
+            record.append(entry)
+            inner = self.compute_ref_log_probs
+
+            def counted(*a, **k):
+                entry["forwards"] += 1
+                return inner(*a, **k)
+
+            self.compute_ref_log_probs = counted
+            t0 = time.perf_counter()
+            try:
+                return original(self, dataset, name, batch_size)
+            finally:
+                entry["seconds"] = time.perf_counter() - t0
+                del self.compute_ref_log_probs
+        return _precompute_ref_logps
+
+    for cls, original in saved.items():
+        cls._precompute_ref_logps = patched(cls, original)
+    try:
+        yield
+    finally:
+        for cls, original in saved.items():
+            cls._precompute_ref_logps = original
+
+
+def _first_loss_recorder(losses: list):
+    """Record the first training loss at full precision (the logs round it)."""
+    from transformers import Trainer
+
+    original = Trainer.training_step
+
+    def training_step(self, *a, **k):
+        loss = original(self, *a, **k)
+        losses.append(float(loss.detach()))
+        return loss
+
+    return original, training_step
+
+
+def train_probed(recipe: str, overrides: list[str]) -> dict:
+    """``run.train`` with the cache probe; step-1 loss; in this process."""
+    from transformers import Trainer
+
+    from .run import train
+
+    record, losses = [], []
+    original, step = _first_loss_recorder(losses)
+    Trainer.training_step = step
+    t0 = time.perf_counter()
+    try:
+        with ref_cache_probe(record):
+            train(recipe, overrides)
+    finally:
+        Trainer.training_step = original
+    return {"recipe": recipe, "overrides": overrides, "precompute": record,
+            "step1_loss": losses[0] if losses else None, "seconds": time.perf_counter() - t0}
+
+
+SWEEP_METHODS = ("aot_paired", "aot_unpaired_paired_data", "dpo", "ipo")
+
+
+def sweep_runs(seeds=(0, 1), steps: int = 20, out_root: str = "/tmp/bench_probe/sweep") -> list[tuple[str, list[str]]]:
+    runs = []
+    for seed in seeds:
+        for method in SWEEP_METHODS:
+            recipe = f"recipes/tiny/{'aot_paired' if method.startswith('aot') else method}.yaml"
+            over = ["--seed", str(seed), "--max_steps", str(steps), "--summary", "false", "--logging_steps", "1",
+                    "--output_dir", f"{out_root}/{method}-s{seed}"]
+            if method == "aot_unpaired_paired_data":  # AOT unpaired on paired rows (AOTTrainer)
+                over = ["--method", "aot_unpaired", *over]
+            runs.append((recipe, over))
+    return runs
+
+
+def bench_cache(*, seeds=(0, 1), steps=20, repeats=2, root="/tmp/bench_probe/cache_bench") -> dict:
+    """The sweep end to end, each run a fresh process (as ``make sweep`` runs them): every run with its
+    own empty datasets cache ("own": what TRL 1.16 amounts to, since its key changed with every seed,
+    method, beta and output_dir) vs one cache shared by the sweep ("shared": ``trainer.SharedRefCache``).
+    """
+    results = {"own": [], "shared": []}
+    for rep in range(repeats):
+        for side in (("own", "shared") if rep % 2 == 0 else ("shared", "own")):
+            cache = Path(root) / f"hf-{side}-{rep}"
+            shutil.rmtree(cache, ignore_errors=True)
+            t0 = time.perf_counter()
+            runs = []
+            for i, (recipe, over) in enumerate(sweep_runs(seeds, steps, f"{root}/runs-{side}-{rep}")):
+                run_cache = cache / f"run{i}" if side == "own" else cache
+                runs.append(_child(["_sweep_run", recipe, json.dumps(over)], env={"HF_DATASETS_CACHE": str(run_cache)}))
+            results[side].append({"seconds": time.perf_counter() - t0, "runs": runs})
+            shutil.rmtree(cache, ignore_errors=True)
+    res = {side: {"sweep_s": summary([r["seconds"] for r in rs]),
+                  "precompute_s": summary([sum(p["seconds"] for run in r["runs"] for p in run["precompute"]) for r in rs]),
+                  "computed": [sum(not p["reused"] for run in r["runs"] for p in run["precompute"]) for r in rs],
+                  "runs": rs[0]["runs"]}
+           for side, rs in results.items()}
+    res["speedup"] = res["own"]["sweep_s"]["median"] / res["shared"]["sweep_s"]["median"]
+    res["step1_loss_max_diff"] = max(abs(a["step1_loss"] - b["step1_loss"])
+                                     for a, b in zip(res["own"]["runs"], res["shared"]["runs"]))
+    res["config"] = {"runs": len(sweep_runs(seeds, steps)), "seeds": list(seeds), "max_steps": steps,
+                     "repeats": repeats, "summary": False}
+    return res
+
+
+def cache_table(res: dict) -> str:
+    rows = []
+    for a, b in zip(res["own"]["runs"], res["shared"]["runs"]):
+        name = Path(a["overrides"][a["overrides"].index("--output_dir") + 1]).name
+        pa, pb = a["precompute"][0], b["precompute"][0]
+        rows.append([name, "reused" if pa["reused"] else f"computed ({pa['seconds']:.1f} s)",
+                     "reused" if pb["reused"] else f"computed ({pb['seconds']:.1f} s)",
+                     f"{a['step1_loss']:.9f}", f"{b['step1_loss']:.9f}"])
+    return table(["run", "own cache per run", "shared cache", "step-1 loss (own)", "step-1 loss (shared)"], rows)
+
+
+def cache_summary_table(res: dict) -> str:
+    rows = [[side, fmt(res[side]["sweep_s"]), fmt(res[side]["precompute_s"]), str(res[side]["computed"][0])]
+            for side in ("own", "shared")]
+    return table(["sweep", "end to end s (median [min-max])", "of which ref precompute s", "precomputes"], rows)
+
+
+# ---------------------------------------------------------------- 3. loss micro-benchmarks
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the tensors autograd saves for the backward pass of ``fn()``."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def bench_loss(*, sizes=(64, 256, 1024, 4096, 16384, 65536), sorts=("hard", "soft", "soft_pav"), repeats=5,
+               min_time=0.05, soft_max_n: int | None = None) -> dict:
+    from .loss import aot_loss
+
+    torch.manual_seed(0)
+    out = {}
+    for n in sizes:
+        u0, v0 = torch.randn(n), torch.randn(n) - 0.5
+
+        def step(sort, u0=u0, v0=v0):
+            u, v = u0.clone().requires_grad_(), v0.clone()
+            aot_loss(u, v, beta=0.1, sort=sort).backward()
+
+        active = []
+        for sort in sorts:
+            if sort == "soft" and soft_max_n is not None and n > soft_max_n:
+                out.setdefault(n, {})[sort] = {"skipped": f"not run above n={soft_max_n} in this mode"}
+                continue
+            if sort == "soft":
+                # Sinkhorn keeps O(n_iter * n^2) for backward; measure it at small n and extrapolate.
+                small = min(n, 128)
+                est = _saved_bytes(lambda: aot_loss(torch.randn(small, requires_grad=True), torch.randn(small),
+                                                    sort="soft")) * (n / small) ** 2
+                if est > SOFT_MEMORY_LIMIT:
+                    out.setdefault(n, {})[sort] = {"skipped": f"autograd memory ~{est / 1024**3:.1f} GB > 2 GB"}
+                    continue
+                out.setdefault(n, {})[sort] = {"saved_mb": _saved_bytes(lambda: step("soft")) / 1024**2}
+            active.append(sort)
+        for sort in active:
+            step(sort)  # warm-up
+        times = {s: [] for s in active}
+        for rep in range(repeats):
+            for sort in (active if rep % 2 == 0 else active[::-1]):
+                k, t0 = 0, time.perf_counter()
+                while True:  # repeat fast calls so one timing covers >= min_time
+                    step(sort)
+                    k += 1
+                    if time.perf_counter() - t0 >= min_time:
+                        break
+                times[sort].append((time.perf_counter() - t0) / k)
+        for sort in active:
+            out.setdefault(n, {}).setdefault(sort, {})["seconds"] = summary(times[sort])
+    return out
+
+
+def loss_table(res: dict) -> str:
+    sorts = sorted({s for r in res.values() for s in r}, key=["hard", "soft", "soft_pav"].index)
+    rows = []
+    for n, r in res.items():
+        cells = [str(n)]
+        for s in sorts:
+            x = r.get(s, {})
+            if "skipped" in x:
+                cells.append(f"skipped ({x['skipped']})")
+            elif "seconds" in x:
+                c = fmt(x["seconds"], 3, 1e3)
+                cells.append(c + (f", {x['saved_mb']:.0f} MB saved" if "saved_mb" in x else ""))
+            else:
+                cells.append("-")
+        rows.append(cells)
+    return table(["n", *[f"{s} fwd+bwd ms (median [min-max])" for s in sorts]], rows)
+
+
+def scaling_exponents(res: dict) -> dict:
+    """Slope of log(time) against log(n) between the two largest measured sizes, per sort."""
+    import math
+
+    out = {}
+    for s in ("hard", "soft", "soft_pav"):
+        pts = [(n, r[s]["seconds"]["median"]) for n, r in res.items() if s in r and "seconds" in r[s]]
+        if len(pts) >= 2:
+            (n1, t1), (n2, t2) = pts[-2], pts[-1]
+            out[s] = math.log(t2 / t1) / math.log(n2 / n1)
+    return out
+
+
+# ---------------------------------------------------------------- 4. generation
+
+
+def bench_generate(*, n_prompts=256, n_single=64, repeats=3, batch_size=256, max_new_tokens=5) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .tiny import generate, read_jsonl
+
+    paths = tiny_paths()
+    tok = AutoTokenizer.from_pretrained(paths["model"])
+    model = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=torch.float32)
+    prompts = [r["prompt"] for r in read_jsonl(paths["eval_prompts"])][:n_prompts]
+    single = prompts[:n_single]
+    generate(model, tok, prompts[:8], batch_size=8, max_new_tokens=max_new_tokens)  # warm-up
+    generate(model, tok, prompts[:2], batch_size=1, max_new_tokens=max_new_tokens)
+    rates = {"batched": [], "one_at_a_time": []}
+    outputs = {}
+    for rep in range(repeats):
+        for mode in (("batched", "one_at_a_time") if rep % 2 == 0 else ("one_at_a_time", "batched")):
+            ps, bs = (prompts, batch_size) if mode == "batched" else (single, 1)
+            t0 = time.perf_counter()
+            outputs[mode] = generate(model, tok, ps, batch_size=bs, max_new_tokens=max_new_tokens)
+            rates[mode].append(len(ps) / (time.perf_counter() - t0))
+    same = outputs["batched"][:n_single] == outputs["one_at_a_time"]
+    res = {m: summary(r) for m, r in rates.items()}
+    res["speedup"] = res["batched"]["median"] / res["one_at_a_time"]["median"]
+    res["same_outputs"] = same
+    res["config"] = {"n_prompts_batched": len(prompts), "n_prompts_single": len(single), "batch_size": batch_size,
+                     "max_new_tokens": max_new_tokens, "model": paths["model_kind"], "repeats": repeats}
+    return res
+
+
+def generate_table(res: dict) -> str:
+    c = res["config"]
+    return table(["mode", "prompts", "prompts/s (median [min-max])", "speedup (>=4)", "same greedy outputs"], [
+        [f"batched, left padding, batch {c['batch_size']}", c["n_prompts_batched"], fmt(res["batched"]),
+         f"{res['speedup']:.1f}x", str(res["same_outputs"])],
+        ["one prompt at a time", c["n_prompts_single"], fmt(res["one_at_a_time"]), "1.0x", ""]])
+
+
+# ---------------------------------------------------------------- driver
+
+
+QUICK = {
+    "trainer": dict(loss_types=("aot_paired",), steps=3, batch=16, repeats=0, warmup=1),
+    "loss": dict(sizes=(64, 1024, 16384), repeats=3, min_time=0.01, soft_max_n=64),
+    "generate": dict(n_prompts=32, n_single=4, repeats=1, batch_size=32),
+}
+FULL = {
+    "trainer": dict(loss_types=("aot_paired", "aot_unpaired"), steps=20, batch=64, repeats=2, warmup=3),
+    "cache": dict(seeds=(0, 1), steps=10, repeats=2),
+    "loss": dict(),
+    "generate": dict(),
+}
+
+
+def run(sections: list[str], quick: bool) -> dict:
+    plan = QUICK if quick else FULL
+    results = {"machine": machine(), "quick": quick}
+    fns = {"trainer": (bench_trainer, trainer_table), "cache": (bench_cache, cache_table),
+           "loss": (bench_loss, loss_table), "generate": (bench_generate, generate_table)}
+    for name in sections:
+        if name not in plan:
+            print(f"\n## {name}: not part of {'--quick' if quick else 'the full run'}", flush=True)
+            continue
+        t0 = time.perf_counter()
+        res = fns[name][0](**plan[name])
+        results[name] = res
+        print(f"\n## {name} ({time.perf_counter() - t0:.0f} s)\n", flush=True)
+        print(fns[name][1](res), flush=True)
+        if name == "cache":
+            print("\n" + cache_summary_table(res))
+            print(f"\nspeedup {res['speedup']:.2f}x; max |step-1 loss diff| {res['step1_loss_max_diff']:.1e}")
+        if name == "loss":
+            print("\nlog-log slope between the two largest sizes:",
+                  {k: round(v, 2) for k, v in scaling_exponents(res).items()})
+            if "trainer" in results and 64 in res:
+                step_s = results["trainer"]["aot_paired"]["steps"]["step_s"]["ours"]["median"]
+                share = res[64]["hard"]["seconds"]["median"] / step_s
+                results["loss_share"] = share
+                print(f"hard-sort aot_loss at n=64: {share:.4%} of an AOTTrainer step (batch "
+                      f"{results['trainer']['config']['batch']})")
+        if name == "trainer":
+            c = res["config"]
+            print(f"\n(throughput: {c['steps']} training steps per side after {c['warmup_steps']} warm-up, interleaved "
+                  f"step by step in one process, batch {c['batch']}, {c['model']} model, {c['reference']}, "
+                  f"{c['threads']} thread(s); memory: {c['repeats']} fresh processes per side, interleaved, "
+                  f"train() for {c['memory_steps']} steps)")
+    print(f"\nmachine: {json.dumps(results['machine'])}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a small smoke run (< 1 min): one trainer pair, small n")
+    p.add_argument("--only", default="trainer,cache,loss,generate", help="comma-separated sections")
+    p.add_argument("--json", help="also write every number to this file")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per process (default 1: on a shared machine, 2+ threads stall on each other)")
+    a = p.parse_args(argv)
+    set_threads(a.threads)
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+    results = run([s.strip() for s in a.only.split(",") if s.strip()], a.quick)
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return results
+
+
+def _child_main(argv: list[str]) -> None:
+    cmd = argv[0]
+    if os.environ.get("BENCH_THREADS"):
+        torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
+    if cmd == "_train":
+        side, loss_type, steps, batch, seed, warmup = argv[1:7]
+        _emit(_train_child(side, loss_type, int(steps), int(batch), int(seed), int(warmup)))
+    elif cmd == "_steps":
+        loss_type, steps, batch, seed, warmup = argv[1:6]
+        _emit(_steps_child(loss_type, int(steps), int(batch), int(seed), int(warmup)))
+    elif cmd == "_sweep_run":
+        _emit(train_probed(argv[1], json.loads(argv[2])))
+    else:
+        raise SystemExit(f"unknown child command {cmd}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
+        _child_main(sys.argv[1:])
+    else:
+        main()

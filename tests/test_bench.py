@@ -1,0 +1,162 @@
+"""The benchmark harness (quick mode) and the reference log-prob cache, checked by behaviour (no timings).
+
+The cache tests count the reference forward passes of TRL's ``_precompute_ref_logps`` and look at
+the cache file it keys by (tokenized dataset fingerprint, reference weights hash).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aot_handbook import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_mode_prints_tables():
+    proc = subprocess.run([sys.executable, "scripts/bench.py", "--quick"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, **bench.OFFLINE_ENV})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for heading in ("## trainer", "## loss", "## generate", "ours samples/s", "soft_pav fwd+bwd ms", "prompts/s"):
+        assert heading in out, out
+    row = next(l for l in out.splitlines() if l.startswith("| aot_paired"))
+    assert float(row.split("|")[-2]) <= 1e-6  # step-1 loss of ours vs TRL's aot
+    assert "| True" in out  # batched and one-at-a-time greedy generations agree
+
+
+def test_table_and_summary():
+    s = bench.summary([3.0, 1.0, 2.0])
+    assert (s["median"], s["min"], s["max"]) == (2.0, 1.0, 3.0)
+    assert bench.spread(s) == 1.0
+    text = bench.table(["a", "bb"], [[1, "x"], [22, "yyy"]])
+    assert text.splitlines()[0] == "| a  | bb  |" and len(text.splitlines()) == 4
+
+
+def test_loss_bench_skips_sinkhorn_above_memory_limit():
+    res = bench.bench_loss(sizes=(64, 8192), sorts=("hard", "soft"), repeats=1, min_time=0.0)
+    assert "seconds" in res[64]["soft"] and res[64]["soft"]["saved_mb"] > 0
+    assert "GB > 2 GB" in res[8192]["soft"]["skipped"]
+    assert "seconds" in res[8192]["hard"]
+
+
+# ---------------------------------------------------------------- reference log-prob cache
+
+
+@pytest.fixture()
+def cache_env(tiny, tmp_path, monkeypatch):
+    """A small paired dataset, a recipe without `requires`, and a private datasets cache."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    rows = [json.loads(l) for l in open(tiny["paired_train"])][:96]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    other = tmp_path / "pairs_other.jsonl"  # the same rows but one
+    other.write_text("".join(json.dumps(r) + "\n" for r in rows[1:]))
+    recipe = yaml.safe_load((ROOT / "recipes/tiny/aot_paired.yaml").read_text())
+    for key in ("requires", "tiny_assets", "aot_penalty", "aot_sort", "aot_nll_weight"):  # so --method dpo parses
+        recipe.pop(key)
+    recipe.update(model_name_or_path=str(tiny["base_model"]), summary=False, max_steps=1, logging_steps=1,
+                  per_device_train_batch_size=16, output_dir=str(tmp_path / "run"),
+                  dataset_mixture={"datasets": [{"data_files": {"train": str(data)}, "test_split": None}]})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    monkeypatch.chdir(ROOT)
+    return {"recipe": str(path), "data": str(data), "other": str(other), "tmp": tmp_path}
+
+
+def _run(env, *overrides, out_dir=None):
+    out_dir = out_dir or str(env["tmp"] / f"run{len(os.listdir(env['tmp']))}")
+    out = bench.train_probed(env["recipe"], ["--output_dir", out_dir, *overrides])
+    (entry,) = out["precompute"]  # train split only
+    return entry, out
+
+
+def test_cache_reused_for_an_identical_run(cache_env):
+    same = str(cache_env["tmp"] / "same")
+    first, a = _run(cache_env, out_dir=same)
+    second, b = _run(cache_env, out_dir=same)
+    assert not first["reused"] and first["forwards"] > 0
+    assert second["reused"] and second["forwards"] == 0 and second["cache_file"] == first["cache_file"]
+    assert Path(first["cache_file"]).is_file()
+    assert a["step1_loss"] == b["step1_loss"]
+
+
+def test_shared_cache_across_methods_seeds_and_output_dirs(cache_env):
+    first, a = _run(cache_env)
+    assert not first["reused"] and first["forwards"] > 0
+    for overrides in (["--seed", "1"], ["--method", "dpo"], ["--method", "ipo", "--seed", "1"],
+                      ["--method", "aot_unpaired", "--beta", "0.5"]):
+        again, _ = _run(cache_env, *overrides)
+        assert again["reused"] and again["forwards"] == 0, overrides
+        assert again["cache_file"] == first["cache_file"]
+    # Same first step with cached and recomputed reference log-probs.
+    _, b = _run(cache_env)
+    assert b["step1_loss"] == a["step1_loss"]
+
+
+def test_cache_is_invalidated_by_what_changes_the_reference_log_probs(cache_env, tiny):
+    from aot_handbook.tiny import build_base_model, build_tokenizer
+
+    first, _ = _run(cache_env)
+    other_model = cache_env["tmp"] / "other_model"
+    tok = build_tokenizer()
+    tok.save_pretrained(other_model)
+    build_base_model(tok, seed=1).save_pretrained(other_model)
+    mixture = json.dumps({"datasets": [{"data_files": {"train": cache_env["other"]}, "test_split": None}]})
+    changes = {
+        "max_length": ["--max_length", "8"],
+        "truncation": ["--max_length", "8", "--truncation_mode", "keep_end"],
+        "max_length, keep_end": ["--max_length", "12", "--truncation_mode", "keep_end"],  # no filter in TRL here
+        "model": ["--model_name_or_path", str(other_model)],
+        "tokenizer": ["--chat_template", "{{ messages[0]['content'] }}"],
+        "dataset": ["--dataset_mixture", mixture],
+    }
+    seen = {first["cache_file"]}
+    for name, overrides in changes.items():
+        entry, _ = _run(cache_env, *overrides)
+        assert not entry["reused"] and entry["forwards"] > 0, name
+        assert entry["cache_file"] not in seen, name
+        seen.add(entry["cache_file"])
+
+
+def test_cache_with_lora_ignores_the_adapter_init(cache_env):
+    """PEFT: the reference is the base model (adapters disabled); TRL also hashes the random LoRA init."""
+    lora = ["--use_peft", "true", "--lora_r", "4"]
+    first, _ = _run(cache_env, *lora)
+    again, _ = _run(cache_env, *lora, "--method", "dpo", "--seed", "1")
+    assert not first["reused"] and again["reused"] and again["forwards"] == 0
+
+
+def test_two_runs_writing_the_cache_at_once(cache_env):
+    """Two processes start together on an empty cache: both finish, and the file equals a serial computation."""
+    from datasets import Dataset
+
+    hf = cache_env["tmp"] / "hf_concurrent"
+    env = {**os.environ, **bench.OFFLINE_ENV, "HF_DATASETS_CACHE": str(hf)}
+    procs = [subprocess.Popen([sys.executable, "-m", "aot_handbook.bench", "_sweep_run", cache_env["recipe"],
+                               json.dumps(["--method", method, "--output_dir", str(cache_env["tmp"] / f"c-{method}")])],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for method in ("aot_paired", "dpo")]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+        results.append(json.loads([l for l in out.splitlines() if l.startswith("BENCH ")][-1][6:]))
+    files = {r["precompute"][0]["cache_file"] for r in results}
+    assert len(files) == 1
+    concurrent = Dataset.from_file(files.pop())
+    serial, _ = _run(cache_env)  # computed again in this process's own (separate) cache
+    reference = Dataset.from_file(serial["cache_file"])
+    assert concurrent.num_rows == reference.num_rows
+    assert concurrent["ref_chosen_logps"] == reference["ref_chosen_logps"]
+    assert concurrent["ref_rejected_logps"] == reference["ref_rejected_logps"]
+    assert not list(Path(serial["cache_file"]).parent.glob("tmp*"))
+    leftovers = [p.name for p in Path(results[0]["precompute"][0]["cache_file"]).parent.iterdir() if "tmp" in p.name]
+    assert not leftovers, leftovers
