@@ -293,3 +293,22 @@ def test_figure1_plots_the_diagnostics_quantiles(runs, tmp_path):
     sft_only = stats["aot"]["reference_margins"]  # the full run's reference is the SFT model too
     assert torch.allclose(stats["lora"]["reference_margins"], sft_only)
     assert not torch.allclose(stats["lora"]["policy_margins"], stats["lora"]["reference_margins"])
+
+
+def test_a_run_is_compared_with_the_finished_run_it_started_from(tmp_path):
+    """The NLL control is an SFT-method run started from the SFT run: its win rate is against that run."""
+    from aot_handbook.evaluation.common import RunInfo
+    from aot_handbook.evaluation.pipeline import _sft_of
+
+    def run(name, start):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "recipe.json").write_text(json.dumps({"path": f"recipes/tiny/{name}.yaml",
+                                                   "recipe": {"method": "sft", "model_name_or_path": start}}))
+        (d / "run.json").write_text("{}")
+        return d
+
+    sft = run("sft", str(tmp_path / "base_model"))  # the SFT stage, from the untrained base model
+    nll = run("nll_control", str(sft))
+    assert _sft_of(RunInfo.from_path(nll)) == str(sft)
+    assert _sft_of(RunInfo.from_path(sft)) == str(sft)

@@ -107,16 +107,20 @@ def _tiny_task(run: RunInfo, recipe: dict, work: Path):
     mine = json.loads(generate_outputs(run.model, work / "model_outputs.json", adapter=run.adapter,
                                        generator=run.name, **gen).read_text())
     ref_info = RunInfo.from_path(reference_run)
-    theirs = json.loads(generate_outputs(ref_info.model, work / "reference_outputs.json", adapter=ref_info.adapter,
-                                         generator=ref_info.name, **gen).read_text())
+    # Cached per reference (and per training of it), so a changed or retrained reference is regenerated.
+    ref_done = Path(reference_run) / "run.json"
+    ref_tag = f"{ref_info.name}-{sha256(ref_done)[:12] if ref_done.is_file() else 'model'}"
+    theirs = json.loads(generate_outputs(ref_info.model, work / f"reference_outputs--{ref_tag}.json",
+                                         adapter=ref_info.adapter, generator=ref_info.name, **gen).read_text())
     scores, details = program_scores(mine, theirs, judge=judge, has_carry=has_carry)
     details.update(reference=reference_run, split=str(assets[split]))
     return scores, details, {"label": "program", "description": "aot_handbook.tiny.judge (exact sum)"}
 
 
 def _sft_of(run: RunInfo) -> str:
-    """The SFT model a tiny run started from (its recipe's model_name_or_path); an SFT run is its own."""
-    if run.method in ("sft", "base") or not run.reference:
+    """The model a tiny run started from when that is itself a finished run (the SFT stage: AOT, DPO,
+    the NLL control, ...); the SFT stage itself, started from the untrained base model, is its own."""
+    if run.method == "base" or not run.reference or not (Path(run.reference) / "run.json").is_file():
         return run.path
     return run.reference
 
