@@ -108,15 +108,16 @@ def summarize(recipe: Recipe, trainer, data, out: Path) -> dict:
         reference = model.disable_adapter  # PEFT: adapters off is the reference
     elif recipe.method != "sft":
         reference = load_model(recipe.model, for_reference=True)
-    rows = data.get("test")
-    if recipe.recipe.tiny_assets and (rows is None or "chosen" not in rows.column_names):
-        from .tiny import ensure_tiny_assets, read_jsonl  # held-out pairs for the Fig. 1 statistics
+    # Held-out pairs for the Fig. 1 statistics: the test split if paired, else the tiny task's pairs.
+    test, rows = data.get("test"), None
+    if test is not None and "chosen" in test.column_names:
+        rows = list(test.select(range(min(len(test), 512))))
+    elif recipe.recipe.tiny_assets:
+        from .tiny import ensure_tiny_assets, read_jsonl
 
-        rows = read_jsonl(ensure_tiny_assets(recipe.recipe.tiny_assets)["paired_test"])
-    beta = getattr(args, "beta", 0.1)
-    if reference is not None and rows is not None and "chosen" in (rows.column_names if hasattr(rows, "column_names") else rows[0]):
-        rows = [rows[i] for i in range(min(len(rows), 512))]
-        stats = paired_statistics(model, reference, trainer.processing_class, rows, beta=beta)
+        rows = read_jsonl(ensure_tiny_assets(recipe.recipe.tiny_assets)["paired_test"])[:512]
+    if reference is not None and rows:
+        stats = paired_statistics(model, reference, trainer.processing_class, rows, beta=getattr(args, "beta", 0.1))
         summary["heldout"] = {k: v for k, v in stats.items() if not isinstance(v, torch.Tensor)}
         summary["plots"] = {
             "rewards": str(quantile_plot(
