@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -97,8 +98,8 @@ def _rows(tiny, case, world=3):
     """The rows every rank loads, in order: rank r's per-device batch is the r-th chunk."""
     _, _, split, positives = TRAINER_CASES[case]
     data = _read_jsonl(tiny[split])
-    if positives is None:
-        return data[: world * PAIRS_PER_RANK]
+    if positives is None:  # a seeded sample: the first rows of a split can sort alike on every rank
+        return random.Random(7).sample(data, world * PAIRS_PER_RANK)
     pos = [r for r in data if r["label"]]
     neg = [r for r in data if not r["label"]]
     rows = []
