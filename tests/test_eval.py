@@ -6,7 +6,6 @@ with the recipe.json / run.json a trained run has), not trained: the evaluation 
 """
 
 import json
-import os
 import shutil
 from pathlib import Path
 

@@ -1,7 +1,6 @@
 """The `make train` path end to end: assets, the required SFT stage, AOT, run folder, summary."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest

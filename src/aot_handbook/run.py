@@ -8,14 +8,12 @@ quantile plots, and last ``run.json``: a run without ``run.json`` is not complet
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTTrainer, get_peft_config
@@ -26,9 +24,6 @@ from .heldout import paired_statistics
 from .model_utils import load_model, load_tokenizer
 from .plots import quantile_plot
 from .trainer import AOTTrainer, HandbookDPOTrainer, HandbookKTOTrainer, UnpairedAOTTrainer
-
-logger = logging.getLogger(__name__)
-
 
 def write_json(path: Path, data) -> None:
     """Write then rename: a killed process leaves the old file or the new one, never half of one."""

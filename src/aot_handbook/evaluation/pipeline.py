@@ -95,7 +95,7 @@ def _lm_eval(run: RunInfo, recipe: dict, work: Path):
 
 
 def _tiny_task(run: RunInfo, recipe: dict, work: Path):
-    from ..tiny import ensure_tiny_assets, has_carry, judge, read_jsonl
+    from ..tiny import ensure_tiny_assets, has_carry, judge
     from .generation import generate_outputs
 
     cfg = recipe.get("tiny_task") or {}
