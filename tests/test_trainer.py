@@ -182,3 +182,42 @@ def test_non_finite_log_probs_stop_training_naming_step_and_tensor(tiny, tmp_pat
                          processing_class=AutoTokenizer.from_pretrained(tiny["tokenizer"]))
     with pytest.raises(FloatingPointError, match=f"non-finite {tensor} .* at global step 0"):
         trainer.train()
+
+
+def test_baselines_nll_weight_is_trls_sft_term():
+    """dpo/ipo's nll_weight is TRL's own "sft" loss term, added once (configs are rebuilt by replace())."""
+    import dataclasses
+
+    from aot_handbook.configs import HandbookDPOConfig
+
+    args = HandbookDPOConfig(output_dir="unused", loss_type="ipo", nll_weight=0.5, **CPU)
+    assert args.loss_type == ["ipo", "sft"] and args.loss_weights == [1.0, 0.5]
+    again = dataclasses.replace(args)
+    assert again.loss_type == ["ipo", "sft"] and again.loss_weights == [1.0, 0.5]
+    assert HandbookDPOConfig(output_dir="unused", **CPU).loss_type == ["sigmoid"]
+    with pytest.raises(ValueError, match="nll_weight must be >= 0"):
+        HandbookDPOConfig(output_dir="unused", nll_weight=-1.0, **CPU)
+
+
+def test_kto_nll_term_is_the_positives_mean_token_nll(tiny, tmp_path):
+    """KTO + nll_weight: loss = TRL's KTO loss + w * mean NLL per token of the positive completions."""
+    from aot_handbook.configs import HandbookKTOConfig
+    from aot_handbook.heldout import _tokenize_like_trl, completion_logps
+    from aot_handbook.trainer import HandbookKTOTrainer
+
+    n = 16  # one batch is the whole data set, so the first step's batch is known whatever the order
+    common = dict(output_dir=str(tmp_path), per_device_train_batch_size=n, max_steps=2, learning_rate=1e-3,
+                  beta=0.5, **CPU)
+    _, _, plain = _train(tiny, HandbookKTOTrainer, HandbookKTOConfig(**common), "unpaired_train", n=n)
+    trainer, _, with_nll = _train(tiny, HandbookKTOTrainer, HandbookKTOConfig(nll_weight=0.5, **common),
+                                  "unpaired_train", n=n)
+    logged = [h["nll"] for h in trainer.state.log_history if "nll" in h]
+
+    data = _data(tiny, "unpaired_train", n).filter(lambda r: r["label"])
+    tokenizer = AutoTokenizer.from_pretrained(tiny["tokenizer"])
+    tokens = sum(len(ids) - k for ids, k in (_tokenize_like_trl(tokenizer, p, c)
+                                             for p, c in zip(data["prompt"], data["completion"])))
+    expected = -float(completion_logps(_model(tiny), tokenizer, data["prompt"], data["completion"]).sum()) / tokens
+    assert logged[0] == pytest.approx(expected, rel=1e-5)
+    assert with_nll[0] == pytest.approx(plain[0] + 0.5 * expected, rel=1e-5)
+    assert with_nll[1] != pytest.approx(plain[1], rel=1e-4)  # the term moved the weights

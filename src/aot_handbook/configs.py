@@ -120,6 +120,41 @@ class AOTUnpairedConfig(AOTArguments, KTOConfig):
         return "aot_unpaired"
 
 
+_NLL_HELP = ("Weight of an added NLL term on the chosen/positive completions (mean per token), as AOT's "
+             "aot_nll_weight; 0 = off.")
+
+
+def _check_nll_weight(weight: float) -> None:
+    if not weight >= 0:
+        raise ValueError(f"nll_weight must be >= 0, got {weight}")
+
+
+@dataclass
+class HandbookDPOConfig(DPOConfig):
+    """TRL's DPOConfig (methods dpo, ipo) plus ``nll_weight``: TRL's own ``sft`` loss term (the mean
+    per-token NLL of the chosen completions) added to the method's loss with that weight."""
+
+    nll_weight: float = field(default=0.0, metadata={"help": _NLL_HELP})
+
+    def __post_init__(self):
+        _check_nll_weight(self.nll_weight)
+        super().__post_init__()
+        if self.nll_weight and "sft" not in self.loss_type:  # idempotent: configs are sometimes rebuilt
+            self.loss_weights = [*(self.loss_weights or [1.0] * len(self.loss_type)), self.nll_weight]
+            self.loss_type = [*self.loss_type, "sft"]
+
+
+@dataclass
+class HandbookKTOConfig(KTOConfig):
+    """TRL's KTOConfig plus ``nll_weight`` (TRL's KTO has no NLL term; HandbookKTOTrainer adds it)."""
+
+    nll_weight: float = field(default=0.0, metadata={"help": _NLL_HELP})
+
+    def __post_init__(self):
+        _check_nll_weight(self.nll_weight)
+        super().__post_init__()
+
+
 @dataclass
 class RecipeArguments:
     """Recipe keys that are neither model nor trainer arguments."""
@@ -143,9 +178,9 @@ class RecipeArguments:
 METHODS: dict[str, tuple[type, str, str | None]] = {
     "aot_paired": (AOTConfig, "paired", "aot_paired"),
     "aot_unpaired": (AOTConfig, "paired_or_unpaired", "aot_unpaired"),
-    "dpo": (DPOConfig, "paired", "sigmoid"),
-    "ipo": (DPOConfig, "paired", "ipo"),
-    "kto": (KTOConfig, "unpaired", "kto"),
+    "dpo": (HandbookDPOConfig, "paired", "sigmoid"),
+    "ipo": (HandbookDPOConfig, "paired", "ipo"),
+    "kto": (HandbookKTOConfig, "unpaired", "kto"),
     "sft": (SFTConfig, "sft", None),
 }
 

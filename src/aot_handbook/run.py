@@ -182,8 +182,10 @@ def describe_loss(method: str, args) -> str:
         return text
     if method == "sft":
         return "sft (NLL of completions)"
-    losses = getattr(args, "loss_type", method)
-    return f"{method} (TRL loss_type={losses}, beta={args.beta})"
+    text = f"{method} (TRL loss_type={getattr(args, 'loss_type', method)}, beta={args.beta})"
+    if getattr(args, "nll_weight", 0.0):
+        text += f" + {args.nll_weight} x NLL(chosen)"  # for DPO/IPO it is TRL's "sft" term in loss_type
+    return text
 
 
 def print_summary(summary: dict) -> None:

@@ -44,6 +44,7 @@ ALIASES = {  # short names for run labels; other keys keep their own name
     "aot_sort_regularization": "sortreg",
     "aot_global_sort": "globalsort",
     "aot_nll_weight": "nll",
+    "nll_weight": "nll",
     "num_train_epochs": "epochs",
     "model_name_or_path": "model",
 }

@@ -53,6 +53,18 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([part[:n] for part, n in zip(all_gather(padded), sizes)])
 
 
+def mean_nll(per_token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood per completion token (TRL's DPO "sft" term), per rank.
+
+    With several ranks DDP averages the per-rank means, as TRL's "sft" term does, so unlike
+    the AOT term it is not the single-process value when ranks hold different token counts.
+    """
+    mask = mask.bool()
+    if not mask.any():  # a rank without positives this step (possible with the global sort)
+        return per_token_logps.sum() * 0.0
+    return -per_token_logps[mask].mean()
+
+
 def _multi_process() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -111,7 +123,42 @@ class HandbookDPOTrainer(SharedRefCache, DPOTrainer):
 
 
 class HandbookKTOTrainer(SharedRefCache, KTOTrainer):
-    """TRL's KTOTrainer sharing the reference log-prob cache."""
+    """TRL's KTOTrainer sharing the reference log-prob cache, plus ``nll_weight`` (``HandbookKTOConfig``).
+
+    The NLL term reuses the per-token log-probs of TRL's own forward pass over the batch (read with a
+    forward hook on the module TRL gave the fused LM head), so it costs no extra forward.
+    """
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        weight = getattr(self.args, "nll_weight", 0.0)
+        if not weight:
+            return super()._compute_loss(model, inputs, return_outputs)
+        from peft import PeftModel
+
+        fused = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        ids, seen = inputs["input_ids"], []
+
+        def keep(module, args, kwargs, output):  # the batch's forward (not the KL or reference pass)
+            x = kwargs.get("input_ids")
+            if not seen and x is not None and x.data_ptr() == ids.data_ptr() and x.shape == ids.shape:
+                seen.append(output)
+
+        handle = fused.register_forward_hook(keep, with_kwargs=True)
+        try:
+            result = super()._compute_loss(model, inputs, return_outputs)
+        finally:
+            handle.remove()
+        if not seen:
+            raise RuntimeError("nll_weight: TRL's KTO forward over the batch was not seen (trl changed?)")
+        per_token_logps = seen[0].log_probs[:, -(ids.size(1) - 1):]
+        positive = torch.as_tensor(inputs["label"], dtype=torch.bool, device=per_token_logps.device)
+        nll = mean_nll(per_token_logps[positive], inputs["completion_mask"][positive, 1:])
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["nll"].append(nll.item())
+        if return_outputs:
+            loss, outputs = result
+            return loss + weight * nll, outputs
+        return result + weight * nll
 
 
 class _AOTObjective:
@@ -155,17 +202,6 @@ class _AOTObjective:
             self._metrics[mode][f"aot/{key}"].append(value)
         return loss
 
-    def _nll(self, per_token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean negative log-likelihood per completion token (TRL's "sft" term), per rank.
-
-        With several ranks DDP averages the per-rank means, as TRL's "sft" term does, so unlike
-        the AOT term it is not the single-process value when ranks hold different token counts.
-        """
-        mask = mask.bool()
-        if not mask.any():  # a rank without positives this step (possible with the global sort)
-            return per_token_logps.sum() * 0.0
-        return -per_token_logps[mask].mean()
-
     def _log_rewards(self, mode, chosen_logratios, rejected_logratios, chosen_logps, rejected_logps):
         beta = self.args.beta
         # Ranks may hold different numbers of each label (unpaired data): a variable-length gather.
@@ -207,7 +243,7 @@ class AOTTrainer(_AOTObjective, SharedRefCache, DPOTrainer):
         loss = self._aot_objective(u, v, mode)
         if self.args.aot_nll_weight:
             chosen_token_logps, _ = per_token_logps.chunk(2, dim=0)
-            nll = self._nll(chosen_token_logps, shift_mask.chunk(2, dim=0)[0])
+            nll = mean_nll(chosen_token_logps, shift_mask.chunk(2, dim=0)[0])
             self._metrics[mode]["nll"].append(nll.item())
             loss = loss + self.args.aot_nll_weight * nll
         self._log_rewards(mode, chosen_logratios, rejected_logratios, chosen_logps, rejected_logps)
@@ -284,7 +320,7 @@ class UnpairedAOTTrainer(_AOTObjective, SharedRefCache, KTOTrainer):
         logratios = logps - ref_logps
         loss = self._aot_objective(logratios[positive], logratios[~positive], mode)
         if self.args.aot_nll_weight:
-            nll = self._nll(per_token_logps[positive], inputs["completion_mask"][positive, 1:])
+            nll = mean_nll(per_token_logps[positive], inputs["completion_mask"][positive, 1:])
             self._metrics[mode]["nll"].append(nll.item())
             loss = loss + self.args.aot_nll_weight * nll
         self._log_rewards(mode, logratios[positive], logratios[~positive], logps[positive], logps[~positive])
