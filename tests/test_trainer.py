@@ -221,3 +221,25 @@ def test_kto_nll_term_is_the_positives_mean_token_nll(tiny, tmp_path):
     assert logged[0] == pytest.approx(expected, rel=1e-5)
     assert with_nll[0] == pytest.approx(plain[0] + 0.5 * expected, rel=1e-5)
     assert with_nll[1] != pytest.approx(plain[1], rel=1e-4)  # the term moved the weights
+
+
+def test_kto_seed_changes_the_data_order():
+    """TRL's KTO reads rows in file order; HandbookKTOTrainer shuffles them with the seed first, so a
+    seed study of KTO is not three copies of one run (it was, before: identical losses)."""
+
+
+def _kto_first_losses(tiny, tmp_path, seed):
+    from aot_handbook.configs import HandbookKTOConfig
+    from aot_handbook.trainer import HandbookKTOTrainer
+
+    args = HandbookKTOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=2, learning_rate=1e-3,
+                             beta=0.5, **{**CPU, "seed": seed})
+    return _train(tiny, HandbookKTOTrainer, args, "unpaired_train")[2]
+
+
+def test_kto_seed_changes_the_data_order(tiny, tmp_path):
+    """TRL's KTO reads rows in file order; HandbookKTOTrainer shuffles them with the seed first, so a
+    seed study of KTO is not three copies of one run (it was, before: identical losses)."""
+    assert _kto_first_losses(tiny, tmp_path, 0) == _kto_first_losses(tiny, tmp_path, 0)
+    # step 1 is 0.5 whatever the batch (policy == reference); step 2 follows a different first batch
+    assert _kto_first_losses(tiny, tmp_path, 0)[1] != pytest.approx(_kto_first_losses(tiny, tmp_path, 1)[1], rel=1e-6)

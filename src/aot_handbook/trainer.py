@@ -127,7 +127,17 @@ class HandbookKTOTrainer(SharedRefCache, KTOTrainer):
 
     The NLL term reuses the per-token log-probs of TRL's own forward pass over the batch (read with a
     forward hook on the module TRL gave the fused LM head), so it costs no extra forward.
+
+    TRL's KTO reads the training rows in file order (``train_sampling_strategy="sequential"``: each
+    row's KL completion is its neighbour's), so its ``seed`` changed nothing without dropout. Here the
+    rows are shuffled with the seed first, then TRL pairs neighbours in that order as usual.
     """
+
+    def __init__(self, *args, train_dataset=None, **kwargs):
+        config = kwargs.get("args")
+        if train_dataset is not None and config is not None and config.train_sampling_strategy == "sequential":
+            train_dataset = train_dataset.shuffle(seed=config.seed)
+        super().__init__(*args, train_dataset=train_dataset, **kwargs)
 
     def _compute_loss(self, model, inputs, return_outputs):
         weight = getattr(self.args, "nll_weight", 0.0)
