@@ -84,6 +84,9 @@ class RunInfo:
     base_model: str = ""  # table row group: merlinite-7b, ..., tiny
     dataset: str | None = None  # ultrafeedback, helpsteer, pku-beavertails, tiny
     sort: str | None = None  # AOT hard / soft sort
+    penalty: str | None = None  # AOT penalty
+    nll_weight: float = 0.0  # the added NLL term (aot_nll_weight, or nll_weight of the baselines)
+    batch_size: int | None = None  # per device
     seed: int | None = None
     recipe_path: str | None = None
     recipe_name: str | None = None  # the recipe file's stem, e.g. sft, nll_control, aot_unpaired
@@ -100,7 +103,7 @@ class RunInfo:
             return cls(path=path_s, name=run.name or path_s.replace("/", "--"), method="base", model=path_s,
                        base_model=base_model_key(path_s))
         meta = json.loads((run / "recipe.json").read_text())
-        recipe = meta.get("recipe", {})
+        recipe = with_overrides(meta.get("recipe", {}), meta.get("overrides") or [])
         start = recipe.get("model_name_or_path") or ""
         adapter, model = None, path_s
         if (run / "adapter_config.json").is_file():
@@ -113,6 +116,9 @@ class RunInfo:
             base_model="tiny" if recipe.get("tiny_assets") else base_model_key(start) if start else "unknown",
             dataset=_dataset_key(recipe),
             sort=recipe.get("aot_sort", "hard") if method.startswith("aot") else None,
+            penalty=recipe.get("aot_penalty", "logistic") if method.startswith("aot") else None,
+            nll_weight=float(recipe.get("aot_nll_weight" if method.startswith("aot") else "nll_weight", 0.0)),
+            batch_size=recipe.get("per_device_train_batch_size"),
             seed=recipe.get("seed"),
             recipe_path=meta.get("path"), recipe_name=Path(meta["path"]).stem if meta.get("path") else None,
             config_id=_config_id(recipe, meta.get("overrides") or []), recipe_sha256=sha256(run / "recipe.json"),
@@ -126,6 +132,20 @@ class RunInfo:
 
 
 SEED_KEYS = {"seed", "data_seed", "output_dir", "run_name"}
+
+
+def with_overrides(recipe: dict, overrides: list[str]) -> dict:
+    """The recipe's values as the run used them: ``--key value [value ...]`` (or ``--key=value``)
+    overrides applied, values read as YAML scalars; several values after one key make a list."""
+    given: dict[str, list] = {}
+    key = None
+    for token in overrides:
+        if token.startswith("--"):
+            key, eq, value = token[2:].partition("=")
+            given[key] = [yaml.safe_load(value)] if eq else []
+        elif key is not None:
+            given[key].append(yaml.safe_load(token))
+    return {**recipe, **{k: v[0] if len(v) == 1 else v for k, v in given.items() if v}}
 
 
 def _config_id(recipe: dict, overrides: list[str]) -> str:

@@ -99,6 +99,10 @@ def _tiny_task(run: RunInfo, recipe: dict, work: Path):
     from .generation import generate_outputs
 
     cfg = recipe.get("tiny_task") or {}
+    known = {"split", "limit", "max_new_tokens", "batch_size", "reference", "tiny_assets", "heldout_pairs"}
+    if set(cfg) - known:
+        raise ValueError(f"{recipe['_path']}: unknown key(s) in 'tiny_task': {sorted(set(cfg) - known)} "
+                         f"(known: {sorted(known)})")
     assets = ensure_tiny_assets(cfg.get("tiny_assets", run.recipe.get("tiny_assets") or ".cache/tiny"))
     split = cfg.get("split", "eval_prompts")
     gen = dict(instructions=str(assets[split]), limit=cfg.get("limit"), max_new_tokens=cfg.get("max_new_tokens", 5),
@@ -114,7 +118,28 @@ def _tiny_task(run: RunInfo, recipe: dict, work: Path):
                                          adapter=ref_info.adapter, generator=ref_info.name, **gen).read_text())
     scores, details = program_scores(mine, theirs, judge=judge, has_carry=has_carry)
     details.update(reference=reference_run, split=str(assets[split]))
+    if run.method != "base" and run.reference and (Path(run.reference) / "run.json").is_file():
+        # paper Fig. 1 statistics on held-out pairs, against the SFT run this run started from
+        scores.update(heldout_scores(run, cfg.get("heldout_pairs", 512)))
     return scores, details, {"label": "program", "description": "aot_handbook.tiny.judge (exact sum)"}
+
+
+def heldout_scores(run: RunInfo, max_rows: int) -> dict:
+    """On the tiny task's held-out pairs, against the model the run started from: reward accuracy
+    (chosen reward > rejected reward, rewards = beta * log-ratio), the FSD violation shares of chosen
+    over rejected rewards and of policy over reference chosen-rejected margins (percent), and the
+    smallest quantile gap of each pair (raw units)."""
+    from ..plots import heldout_rows, run_statistics
+
+    stats = run_statistics(run.path, heldout_rows(run.path, max_rows=max_rows))
+    return {"tiny:reward_accuracy": 100.0 * stats["reward_accuracy"],
+            "tiny:rewards_fsd_violation": 100.0 * stats["rewards_fsd"]["fsd_violation_share"],
+            "tiny:margins_fsd_violation": 100.0 * stats["margins_fsd"]["fsd_violation_share"],
+            "tiny:margin_accuracy": 100.0 * stats["policy_margin_accuracy"],
+            # min over quantile levels of Q_chosen - Q_rejected (rewards) and Q_policy - Q_reference (margins):
+            # > 0 iff dominance holds, and how much room it holds with (raw units, not percent)
+            "tiny:rewards_min_gap": stats["rewards_fsd"]["min_quantile_gap"],
+            "tiny:margins_min_gap": stats["margins_fsd"]["min_quantile_gap"]}
 
 
 def _sft_of(run: RunInfo) -> str:
