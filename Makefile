@@ -27,7 +27,7 @@ VALIDATE ?= recipes
 PYTEST_ARGS ?=
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: help setup test train validate-recipes sweep generate-recipes eval table plot bench
+.PHONY: help setup test train validate-recipes sweep generate-recipes eval table plot bench reproduce-tiny
 
 help:
 	@echo "make test | make train [RECIPE=recipes/...yaml] [ARGS='--key value ...']"
@@ -35,6 +35,7 @@ help:
 	@echo "make validate-recipes | make sweep SWEEP=recipes/ablations/<name>.sweep.yaml [ARGS=--dry-run]"
 	@echo "make generate-recipes   (rewrite recipes/<model>/*.yaml and recipes/unpaired/ from recipes/_generate.py)"
 	@echo "make eval [RUN=runs/...] [EVAL=recipes/eval/...yaml] | make table [TABLE=1..10|tiny] | make plot [RUN='runs/a runs/b']"
+	@echo "make reproduce-tiny [QUICK=1]   (the paper's claims on the tiny task: docs/REPRODUCTION.md; resumable)"
 	@echo "make bench [QUICK=1]    (BENCHMARKS.md: ours vs TRL, the reference cache, the loss's scaling, generation)"
 
 $(STAMP): setup.cfg pyproject.toml
@@ -91,3 +92,8 @@ plot: $(STAMP)
 # Benchmarks (BENCHMARKS.md): QUICK=1 for the ~30 s smoke run; ARGS="--only cache,loss --json out.json"
 bench: $(STAMP)
 	$(OFFLINE) "$(PY)" scripts/bench.py $(if $(QUICK),--quick) $(ARGS)
+
+# The paper's claims on the tiny task, offline (recipes/tiny/reproduce.yaml -> results/reproduce-tiny/{tables,plots}).
+# Resumable: finished runs and evaluations are skipped. QUICK=1: one seed, 3 steps a run (smoke test).
+reproduce-tiny: $(STAMP)
+	$(OFFLINE) "$(PY)" scripts/reproduce_tiny.py $(if $(QUICK),--quick) $(ARGS)

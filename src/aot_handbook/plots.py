@@ -133,3 +133,49 @@ def heldout_rows(run_path: str, data: str | None = None, *, max_rows: int = 512)
     if missing:
         raise ValueError(f"{data or run_path}: held-out data needs columns prompt, chosen, rejected; missing {sorted(missing)}")
     return rows[:max_rows]
+
+
+def figure2(results: list[dict], path: str | Path) -> Path:
+    """Paper Fig. 2 on the tiny task: AOT unpaired by batch size (left) and by penalty (right); win rate
+    vs SFT (top) and the smallest chosen-over-rejected reward quantile gap (bottom), mean and std over
+    seeds, with and without the NLL term. Cells are the ``tiny-batch`` / ``tiny-penalty`` tables' own."""
+    import statistics
+
+    from .tables import cell_values, tiny_table
+
+    metrics = [("win rate vs SFT (%)", "tiny:win_rate_vs_sft"), ("min quantile gap, chosen - rejected rewards",
+                                                                 "tiny:rewards_min_gap")]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), dpi=120)
+    data = {}
+    for col, name in enumerate(("tiny-batch", "tiny-penalty")):
+        table = tiny_table(name)
+        for row_i, (ylabel, key) in enumerate(metrics):
+            ax = axes[row_i][col]
+            for k, nll in enumerate(dict.fromkeys(r.labels[1] for r in table.rows)):
+                rows = [r for r in table.rows if r.labels[1] == nll]
+                values = [cell_values(results, r, key) for r in rows]
+                xs = [r.labels[0] for r, v in zip(rows, values) if v]
+                mean = [statistics.mean(v) for v in values if v]
+                std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values if v]
+                data.setdefault(name, {}).setdefault(key, {})[nll] = {"x": xs, "mean": mean, "std": std}
+                if not xs:
+                    continue
+                if name == "tiny-batch":
+                    ax.errorbar([int(x) for x in xs], mean, yerr=std, marker="o", capsize=3, label=f"AOT unpaired {nll}")
+                    ax.set_xscale("log", base=2)
+                    ax.set_xticks([int(x) for x in xs], xs)
+                else:
+                    pos = [i + (k - 0.5) * 0.4 for i in range(len(xs))]
+                    ax.bar(pos, mean, width=0.4, yerr=std, capsize=3, label=f"AOT unpaired {nll}")
+                    ax.set_xticks(range(len(xs)), [x.replace("_", " ") for x in xs], fontsize=8)
+            ax.set_xlabel("batch size (same number of samples)" if name == "tiny-batch" else "penalty")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle("Fig. 2 (tiny task): batch size and penalty, mean ± std over seeds")
+    fig.tight_layout()
+    out = _save(fig, path)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(out.with_suffix(".json"))
+    return out

@@ -182,7 +182,16 @@ def _override_sets(sweep: dict, path: str) -> list[dict]:
 
 def expand(path: str, *, check: bool = True) -> list[SweepRun]:
     """The runs of a sweep file. With check=True every run is parsed as it will run (no weights load)."""
-    sweep = _read(path)
+    return expand_mapping(_read(path), path, check=check)
+
+
+def expand_mapping(sweep: dict, path: str, *, check: bool = True) -> list[SweepRun]:
+    """The runs of a sweep given as a mapping; ``path`` names it in errors (a file, or file:key)."""
+    if not sweep.get("base"):
+        raise SweepError(f"{path}: key 'base' (a recipe path or a list of them) is required")
+    unknown = sorted(set(sweep) - SWEEP_KEYS)
+    if unknown:
+        raise SweepError(f"{path}: unknown sweep key(s) {unknown} (known: {sorted(SWEEP_KEYS)})")
     bases = sweep["base"] if isinstance(sweep["base"], list) else [sweep["base"]]
     fixed = sweep.get("fixed") or {}
     if not isinstance(fixed, dict):

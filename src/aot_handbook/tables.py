@@ -44,7 +44,9 @@ class Table:
     number: str
     caption: str
     row_headers: tuple[str, ...]
-    columns: list[tuple[str, str]]  # (header, score key)
+    # (header, score key) or (header, score key, options): options "where" (extra run filter for this
+    # column, e.g. one seed), "std" (mean +- std instead of the table's default), "digits" (default 1)
+    columns: list[tuple]
     rows: list[Row]
     std: bool = False
 
@@ -98,7 +100,62 @@ def table_spec(number: str | int, alpaca_metric: str = "lc_win_rate") -> Table:
                 ("Win rate vs SFT (program)", "tiny:win_rate_vs_sft"), _alpaca("program", "win_rate"),
                 ("lm-eval MC", "tiny_mc"), ("lm-eval gen", "tiny_gen")]
         return Table(n, "Tiny offline task (2-digit addition), judged by program", ("Method",), cols, rows)
-    raise ValueError(f"TABLE={number!r}: the paper's tables are 1-10 (or 'tiny')")
+    if n in TINY_TABLES:
+        return tiny_table(n)
+    raise ValueError(f"TABLE={number!r}: the paper's tables are 1-10, 'tiny', or the reproduce-tiny layouts "
+                     f"{sorted(TINY_TABLES)}")
+
+
+# ---- make reproduce-tiny: the paper's layouts on the tiny task (recipes/tiny/reproduce.yaml) ----------
+TINY_TABLES = ("tiny1", "tiny7", "tiny10", "tiny-batch", "tiny-penalty")
+NLL_VARIANTS = (("+ NLL", 1.0), ("no NLL", 0.0))
+TINY_DEFAULTS = {"base_model": "tiny", "batch_size": 64}  # the grid's shared settings
+AOT_DEFAULTS = {"sort": "hard", "penalty": "logistic"}
+WIN = ("Win rate vs SFT", "tiny:win_rate_vs_sft")
+ACC = ("Accuracy", "tiny:accuracy")
+FIG1 = [("Reward acc.", "tiny:reward_accuracy"), ("FSD viol. rewards", "tiny:rewards_fsd_violation"),
+        ("Min gap rewards", "tiny:rewards_min_gap", {"digits": 3}),
+        ("FSD viol. margins", "tiny:margins_fsd_violation"), ("Min gap margins", "tiny:margins_min_gap", {"digits": 2})]
+
+
+def _tiny_row(label: str, method: str, nll: tuple[str, float], **where) -> Row:
+    base = {**TINY_DEFAULTS, **(AOT_DEFAULTS if method.startswith("aot") else {})}
+    return Row((label, nll[0]), {**base, "method": method, "nll_weight": nll[1], **where})
+
+
+def tiny_table(n: str) -> Table:
+    control = [Row(("NLL control", "NLL only"), {**TINY_DEFAULTS, "method": "sft", "recipe_name": "nll_control"}),
+               Row(("SFT (start)", "-"), {"base_model": "tiny", "method": "sft", "recipe_name": "sft"})]
+    if n == "tiny1":  # paper Table 1: methods x metrics, mean +- std over seeds
+        rows = [_tiny_row(label, m, nll) for nll in NLL_VARIANTS for label, m in METHODS] + control
+        return Table(n, "Tiny task: every method from the same SFT model, with and without the NLL term "
+                        "(mean ± std over seeds; Fig. 1 statistics on held-out pairs)",
+                     ("Method", "NLL"), [WIN, ACC, ("Carry", "tiny:carry"), *FIG1], rows, std=True)
+    if n == "tiny7":  # paper Table 7: hard vs soft sort
+        rows = [_tiny_row(label, m, nll, sort=sort) for nll in NLL_VARIANTS for label, m in METHODS[:2]
+                for sort in ("hard", "soft")]
+        for row in rows:
+            row.labels = (*row.labels, row.where["sort"].capitalize())
+        return Table(n, "Tiny task: hard vs soft (Sinkhorn) sort, mean ± std over seeds", ("Method", "NLL", "Sort"),
+                     [WIN, ACC, *FIG1], rows, std=True)
+    if n == "tiny10":  # paper Table 10: spread over seeds
+        seeds = [(f"WR seed {s}", WIN[1], {"where": {"seed": s}, "std": False}) for s in (0, 1, 2)]
+        rows = [_tiny_row(label, m, nll) for nll in NLL_VARIANTS for label, m in METHODS] + control
+        return Table(n, "Tiny task: win rate vs SFT per training seed, and mean ± std", ("Method", "NLL"),
+                     [*seeds, ("WR mean ± std", WIN[1]), ("Accuracy mean ± std", ACC[1])], rows, std=True)
+    if n == "tiny-batch":  # paper Fig. 2 (left), as a table
+        rows = [Row((str(bs), nll[0]), {**TINY_DEFAULTS, **AOT_DEFAULTS, "method": "aot_unpaired",
+                                         "nll_weight": nll[1], "batch_size": bs})
+                for nll in NLL_VARIANTS for bs in (16, 32, 64, 128)]
+        return Table(n, "Tiny task: AOT unpaired by batch size, same number of samples (mean ± std over seeds)",
+                     ("Batch size", "NLL"), [WIN, ACC, *FIG1], rows, std=True)
+    if n == "tiny-penalty":  # paper Fig. 2 (right), as a table
+        rows = [Row((p, nll[0]), {**TINY_DEFAULTS, **AOT_DEFAULTS, "method": "aot_unpaired", "nll_weight": nll[1],
+                                   "penalty": p})
+                for nll in NLL_VARIANTS for p in ("logistic", "hinge", "squared_hinge", "least_squares")]
+        return Table(n, "Tiny task: AOT unpaired by penalty (mean ± std over seeds)", ("Penalty", "NLL"),
+                     [WIN, ACC, *FIG1], rows, std=True)
+    raise ValueError(f"unknown tiny table {n!r}")
 
 
 def _matches(run: dict, where: dict) -> bool:
@@ -109,8 +166,9 @@ def _matches(run: dict, where: dict) -> bool:
     return True
 
 
-def cell_values(results: list[dict], row: Row, key: str) -> list[float]:
-    found = [r for r in results if _matches(r["run"], row.where) and r["scores"].get(key) is not None]
+def cell_values(results: list[dict], row: Row, key: str, where: dict | None = None) -> list[float]:
+    where = {**row.where, **(where or {})}
+    found = [r for r in results if _matches(r["run"], where) and r["scores"].get(key) is not None]
     for k, v in row.prefer.items():  # e.g. several sort variants: the paper's default one
         preferred = [r for r in found if r["run"].get(k) == v]
         if preferred:
@@ -125,18 +183,20 @@ def cell_values(results: list[dict], row: Row, key: str) -> list[float]:
 
 def build(table: Table, results: list[dict]) -> list[list[str]]:
     """The table as a list of string rows (header first); missing cells are '-'."""
-    out = [list(table.row_headers) + [h for h, _ in table.columns]]
+    out = [list(table.row_headers) + [c[0] for c in table.columns]]
     for row in table.rows:
         cells = []
-        for _, key in table.columns:
-            values = cell_values(results, row, key)
+        for header, key, *rest in table.columns:
+            options = rest[0] if rest else {}
+            values = cell_values(results, row, key, options.get("where"))
+            digits = options.get("digits", 1)
             if not values:
                 cells.append("-")
-            elif table.std:
+            elif options.get("std", table.std):
                 std = statistics.stdev(values) if len(values) > 1 else 0.0
-                cells.append(f"{statistics.mean(values):.1f} ± {std:.1f} (n={len(values)})")
+                cells.append(f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f} (n={len(values)})")
             else:
-                cells.append(f"{statistics.mean(values):.1f}")
+                cells.append(f"{statistics.mean(values):.{digits}f}")
         out.append(list(row.labels) + cells)
     return out
 

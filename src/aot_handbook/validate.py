@@ -273,7 +273,7 @@ def _check_fsdp_plugin(path: str) -> None:
 
 
 def kind_of(path: str | Path) -> str:
-    """'accelerate', 'sweep', 'recipe', or 'eval' (evaluation recipes under an `eval` folder: not training
+    """'accelerate', 'sweep', 'reproduce' (a make reproduce-tiny spec), 'recipe', or 'eval' (evaluation recipes under an `eval` folder: not training
     recipes; checked with the evaluation package's own loader when it is there)."""
     from .sweep import is_sweep_file
 
@@ -284,6 +284,11 @@ def kind_of(path: str | Path) -> str:
         return "eval"
     if path.name.endswith(".sweep.yaml") or is_sweep_file(path):
         return "sweep"
+    try:
+        if "sweeps" in (yaml.safe_load(path.read_text()) or {}):
+            return "reproduce"
+    except (OSError, yaml.YAMLError, TypeError):
+        pass
     return "recipe"
 
 
@@ -302,6 +307,13 @@ def validate_file(path: str | Path) -> str:
         try:
             load_eval_recipe(path)
         except ValueError as err:
+            raise ValidationError(str(err)) from None
+    elif kind == "reproduce":
+        from .reproduce import load
+
+        try:
+            load(str(path), check=True)
+        except SweepError as err:
             raise ValidationError(str(err)) from None
     elif kind == "sweep":
         try:

@@ -1,0 +1,203 @@
+"""``make reproduce-tiny``: the paper's claims on the offline tiny task, one command, resumable.
+
+The grid is a spec file (``recipes/tiny/reproduce.yaml``): named sweeps (the format of
+:mod:`aot_handbook.sweep`) crossed with the seeds, plus ``fixed`` overrides. Each run trains in
+this process (the imports and the tiny assets are paid once), its log going to
+``<run>/train.log``; then it is evaluated with the spec's evaluation recipe into ``results_dir``.
+A run with ``run.json`` is not retrained and a result newer than its run is not recomputed, so
+an interrupted grid resumes where it stopped. At the end: the tables (``tables.TINY_TABLES``)
+and the figures (Fig. 1a/1b per NLL variant, Fig. 2) under ``results_dir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .sweep import SweepError, SweepRun, expand_mapping, to_cli
+
+SPEC = "recipes/tiny/reproduce.yaml"
+SPEC_KEYS = {"output_root", "results_dir", "evaluation", "fixed", "seeds", "quick", "sweeps"}
+
+
+@dataclass
+class Grid:
+    runs: list[SweepRun]
+    results_dir: Path
+    evaluation: str
+    late: list[str]  # overrides applied after every run's own (quick mode)
+
+
+def load(spec_path: str = SPEC, *, quick: bool = False, check: bool = True) -> Grid:
+    """The runs of a reproduction spec; every run parsed as it will run when ``check``."""
+    if not Path(spec_path).is_file():
+        raise SweepError(f"reproduction spec not found: {spec_path}")
+    spec = yaml.safe_load(Path(spec_path).read_text()) or {}
+    if not isinstance(spec, dict) or set(spec) - SPEC_KEYS:
+        raise SweepError(f"{spec_path}: a reproduction spec is a mapping with keys {sorted(SPEC_KEYS)}; "
+                         f"unknown: {sorted(set(spec) - SPEC_KEYS) if isinstance(spec, dict) else spec!r}")
+    for key in ("output_root", "results_dir", "evaluation", "sweeps"):
+        if not spec.get(key):
+            raise SweepError(f"{spec_path}: key '{key}' is required")
+    late = {}
+    if quick:
+        q = spec.get("quick") or {}
+        if set(q) - {"seeds", "fixed", "output_root", "results_dir"}:
+            raise SweepError(f"{spec_path}: 'quick' takes seeds, fixed, output_root, results_dir")
+        spec = {**spec, **{k: v for k, v in q.items() if k != "fixed"}}
+        late = q.get("fixed") or {}
+    if not Path(spec["evaluation"]).is_file():
+        raise SweepError(f"{spec_path}: 'evaluation' file not found: {spec['evaluation']}")
+    seeds = spec.get("seeds") or []
+    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
+        raise SweepError(f"{spec_path}: 'seeds' must be a list of integers, got {seeds!r}")
+    if not isinstance(spec["sweeps"], dict):
+        raise SweepError(f"{spec_path}: 'sweeps' must map names to sweeps")
+    runs, seen = [], set()
+    for name, sweep in spec["sweeps"].items():
+        where = f"{spec_path}: sweeps.{name}"
+        if not isinstance(sweep, dict):
+            raise SweepError(f"{where}: a sweep is a mapping (base, grid, runs, fixed)")
+        grid = {**(sweep.get("grid") or {}), **({"seed": seeds} if seeds else {})}
+        sweep = {**sweep, "grid": grid, "output_root": spec["output_root"],
+                 "fixed": {**(spec.get("fixed") or {}), **(sweep.get("fixed") or {})}}
+        for run in expand_mapping(sweep, where, check=False):
+            if run.output_dir in seen:
+                raise SweepError(f"{where}: run {run.name} is also in an earlier sweep; remove one")
+            seen.add(run.output_dir)
+            runs.append(run)
+    grid = Grid(runs, Path(spec["results_dir"]), spec["evaluation"], to_cli(late))
+    if check:
+        from .sweep import _check_run
+
+        for run in runs:
+            _check_run(SweepRun(run.name, run.base, {**run.overrides, **late}, run.output_dir), spec_path)
+    return grid
+
+
+def _result_path(grid: Grid, run_dir: str) -> Path:
+    from .evaluation.common import load_eval_recipe
+
+    return grid.results_dir / Path(run_dir).name / f"{load_eval_recipe(grid.evaluation)['name']}.json"
+
+
+def _fresh(result: Path, run_dir: str) -> bool:
+    done = Path(run_dir) / "run.json"
+    return result.is_file() and done.is_file() and result.stat().st_mtime >= done.stat().st_mtime
+
+
+def run_grid(grid: Grid, *, only: str | None = None) -> list[str]:
+    """Train and evaluate every run not done yet; returns the names of the runs that failed."""
+    from tqdm.auto import tqdm
+
+    from .evaluation.pipeline import evaluate
+    from .run import is_complete, train
+
+    runs = [r for r in grid.runs if only is None or only in r.name]
+    failed = []
+    bar = tqdm(runs, desc="reproduce-tiny", unit="run", file=sys.stderr, dynamic_ncols=True)
+    for run in bar:
+        bar.set_postfix_str(run.name, refresh=True)
+        result = _result_path(grid, run.output_dir)
+        if is_complete(run.output_dir) and _fresh(result, run.output_dir):
+            continue
+        Path(run.output_dir).mkdir(parents=True, exist_ok=True)
+        log = Path(run.output_dir) / "train.log"
+        started = time.time()
+        try:
+            with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                if not is_complete(run.output_dir):
+                    train(run.base, [*run.args, *grid.late])
+                evaluate(run.output_dir, grid.evaluation, results_dir=grid.results_dir)
+        except Exception:  # one bad cell must not lose the others; the log says why
+            failed.append(run.name)
+            with open(log, "a") as f:
+                traceback.print_exc(file=f)
+            bar.write(f"[reproduce-tiny] {run.name} failed ({time.time() - started:.0f} s); see {log}")
+    return failed
+
+
+def evaluate_sft(grid: Grid) -> None:
+    """The SFT row: the model every run started from, evaluated once like the runs."""
+    from .evaluation.common import RunInfo
+    from .evaluation.pipeline import evaluate
+
+    references = {RunInfo.from_path(r.output_dir).reference for r in grid.runs if Path(r.output_dir, "run.json").is_file()}
+    for ref in sorted(r for r in references if r and Path(r, "run.json").is_file()):
+        if not _fresh(_result_path(grid, ref), ref):
+            evaluate(ref, grid.evaluation, results_dir=grid.results_dir)
+
+
+def report(grid: Grid) -> dict[str, Path]:
+    """The tables and figures from ``results_dir`` (and, for Fig. 1, the seed-0 run folders)."""
+    from .evaluation.common import load_results
+    from .plots import figure1, figure2, heldout_rows, run_statistics
+    from .tables import TINY_TABLES, render
+
+    results = load_results(grid.results_dir)
+    out = {}
+    for number in TINY_TABLES:
+        out[f"table {number}"] = render(number, grid.results_dir, results=results)["md"]
+    plots = grid.results_dir / "plots"
+    out["fig2"] = figure2(results, plots / "fig2.png")
+    first_seed = min((r["run"]["seed"] for r in results if r["run"].get("seed") is not None), default=None)
+    for tag, weight in (("nll", 1.0), ("no_nll", 0.0)):  # Fig. 1 per NLL variant, default settings, one seed
+        chosen = {}
+        for r in results:
+            run = r["run"]
+            if (run["method"] in ("aot_paired", "aot_unpaired", "dpo", "ipo", "kto") and run["nll_weight"] == weight
+                    and run["seed"] == first_seed and run["batch_size"] == 64
+                    and run.get("sort") in (None, "hard") and run.get("penalty") in (None, "logistic")):
+                chosen[run["method"]] = run["path"]
+        if chosen:
+            rows = heldout_rows(next(iter(chosen.values())))
+            stats = {m: run_statistics(path, rows) for m, path in sorted(chosen.items())}
+            paths = figure1(stats, plots, prefix=f"fig1-{tag}-")
+            out[f"fig1a {tag}"], out[f"fig1b {tag}"] = paths["a"], paths["b"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Reproduce the paper's claims on the tiny task (resumable).")
+    parser.add_argument("spec", nargs="?", default=SPEC)
+    parser.add_argument("--quick", action="store_true", help="the spec's smoke grid (one seed, a few steps)")
+    parser.add_argument("--only", default=None, help="only the runs whose name contains this text")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
+    args = parser.parse_args(argv)
+    try:
+        grid = load(args.spec, quick=args.quick)
+    except SweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        from .run import is_complete
+
+        for run in grid.runs:
+            state = "done" if _fresh(_result_path(grid, run.output_dir), run.output_dir) else \
+                "trained" if is_complete(run.output_dir) else "to do"
+            print(f"{state:8s} {run.name}")
+        print(f"{len(grid.runs)} run(s)")
+        return 0
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars, once per run; the grid has its own bar
+    started = time.time()
+    print(f"[reproduce-tiny] {len(grid.runs)} runs -> {grid.results_dir} (finished cells are skipped)", flush=True)
+    failed = run_grid(grid, only=args.only)
+    evaluate_sft(grid)
+    outputs = report(grid)
+    print(f"[reproduce-tiny] done in {(time.time() - started) / 60:.1f} min")
+    for name, path in outputs.items():
+        print(f"  {name}: {path}")
+    if failed:
+        print(f"[reproduce-tiny] {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,141 @@
+"""`make reproduce-tiny`: the grid spec, the tables' layouts, and the quick grid end to end (resumable)."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aot_handbook.reproduce import load, run_grid
+from aot_handbook.sweep import SweepError, SweepRun
+from aot_handbook.tables import build, tiny_table
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = REPO / "recipes" / "tiny" / "reproduce.yaml"
+
+
+def test_spec_covers_the_issue_grid(monkeypatch):
+    monkeypatch.chdir(REPO)
+    grid = load("recipes/tiny/reproduce.yaml", check=False)
+    names = [r.name for r in grid.runs]
+    assert len(names) == len(set(names)) == 81
+    for seed in (0, 1, 2):
+        for method in ("aot_paired", "aot_unpaired"):
+            for nll in ("1.0", "0.0"):
+                assert f"tiny-{method}-nll_{nll}-seed_{seed}" in names
+                assert f"tiny-{method}-sort_soft-nll_{nll}-seed_{seed}" in names
+        for method in ("dpo", "ipo", "kto"):
+            assert {f"tiny-{method}-nll_1.0-seed_{seed}", f"tiny-{method}-nll_0.0-seed_{seed}"} <= set(names)
+        assert f"tiny-nll_control-seed_{seed}" in names
+        assert f"tiny-aot_unpaired-bs_16-max_steps_600-nll_0.0-seed_{seed}" in names
+        assert f"tiny-aot_unpaired-penalty_squared_hinge-nll_1.0-seed_{seed}" in names
+    assert all(r.overrides["summary"] is False and r.output_dir.startswith("runs/reproduce-tiny/") for r in grid.runs)
+
+
+def test_quick_mode_overrides_come_last(monkeypatch):
+    monkeypatch.chdir(REPO)
+    grid = load("recipes/tiny/reproduce.yaml", quick=True, check=False)
+    assert len(grid.runs) == 27 and {r.overrides["seed"] for r in grid.runs} == {0}
+    bs16 = next(r for r in grid.runs if "bs_16" in r.name)
+    args = [*bs16.args, *grid.late]
+    assert args[args.index("--max_steps") + 1] == "600"  # the run's own ...
+    assert args[len(args) - 1 - args[::-1].index("--max_steps") + 1] == "3"  # ... and quick's, which wins
+    assert str(grid.results_dir) == "results/reproduce-tiny-quick"
+
+
+@pytest.mark.parametrize("edit,message", [
+    ({"colour": 1}, "unknown: \\['colour'\\]"),
+    ({"evaluation": "recipes/eval/nope.yaml"}, "'evaluation' file not found"),
+    ({"seeds": ["a"]}, "'seeds' must be a list of integers"),
+    ({"sweeps": {"x": {"base": "recipes/tiny/aot_unpaired.yaml", "grid": {"aot_penaltyy": ["hinge"]}}}},
+     "override key 'aot_penaltyy' is not a recipe key"),
+    ({"sweeps": {"a": {"base": "recipes/tiny/kto.yaml"}, "b": {"base": "recipes/tiny/kto.yaml"}}},
+     "sweeps.b: run tiny-kto-seed_0 is also in an earlier sweep"),
+])
+def test_bad_spec_is_an_error_naming_the_key(tmp_path, monkeypatch, edit, message):
+    monkeypatch.chdir(REPO)
+    spec = {**yaml.safe_load(SPEC.read_text()), **edit}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SweepError, match=message):
+        load(str(path), check=False)
+
+
+def _result(method, seed, win, *, nll=1.0, config="a"):
+    run = {"method": method, "seed": seed, "nll_weight": nll, "base_model": "tiny", "batch_size": 64,
+           "sort": "hard" if method.startswith("aot") else None, "penalty": "logistic" if method.startswith("aot") else None,
+           "config_id": config, "name": f"{method}-{seed}", "recipe_path": "x"}
+    return {"run": run, "scores": {"tiny:win_rate_vs_sft": win, "tiny:accuracy": win + 30}}
+
+
+def test_tiny_tables_mean_std_and_seed_columns():
+    results = [_result("aot_unpaired", s, w) for s, w in ((0, 60.0), (1, 62.0), (2, 64.0))]
+    results.append(_result("dpo", 0, 40.0, nll=0.0))
+    t1 = build(tiny_table("tiny1"), results)
+    row = next(r for r in t1 if r[:2] == ["AOT unpaired", "+ NLL"])
+    assert row[2] == "62.0 ± 2.0 (n=3)" and row[3] == "92.0 ± 2.0 (n=3)"
+    assert next(r for r in t1 if r[:2] == ["DPO", "no NLL"])[2] == "40.0 ± 0.0 (n=1)"
+    assert next(r for r in t1 if r[:2] == ["DPO", "+ NLL"])[2] == "-"
+    t10 = build(tiny_table("tiny10"), results)
+    assert next(r for r in t10 if r[:2] == ["AOT unpaired", "+ NLL"])[2:5] == ["60.0", "62.0", "64.0"]
+    with pytest.raises(ValueError, match="different configurations"):  # never average unlike runs
+        build(tiny_table("tiny1"), [*results, _result("aot_unpaired", 3, 10.0, config="b")])
+
+
+def test_a_failing_cell_does_not_lose_the_others(tmp_path, monkeypatch):
+    """run_grid records the failure (with its traceback in the run's train.log) and goes on."""
+    _scratch(tmp_path, monkeypatch)
+    grid = load("recipes/tiny/reproduce.yaml", quick=True, check=False)
+    good = next(r for r in grid.runs if r.name == "tiny-kto-nll_1.0-seed_0")
+    bad = SweepRun("broken", good.base, {**good.overrides, "dataset_mixture": {"datasets": [
+        {"data_files": {"train": "missing.jsonl"}}]}}, "runs/reproduce-tiny-quick/broken")
+    grid.runs = [bad, good]
+    assert run_grid(grid) == ["broken"]
+    assert "missing.jsonl" in Path(bad.output_dir, "train.log").read_text()
+    assert Path(good.output_dir, "run.json").is_file() and (grid.results_dir / good.name / "tiny.json").is_file()
+
+
+def _scratch(tmp_path, monkeypatch):
+    """The real tiny recipes, spec and eval recipe in a scratch folder; a short SFT stage."""
+    for sub in ("recipes/tiny", "recipes/eval"):
+        shutil.copytree(REPO / sub, tmp_path / sub)
+    sft = tmp_path / "recipes" / "tiny" / "sft.yaml"
+    sft.write_text(yaml.safe_dump({**yaml.safe_load(sft.read_text()), "max_steps": 20}))
+    monkeypatch.chdir(tmp_path)
+
+
+def test_quick_grid_end_to_end_and_resumes(tmp_path, monkeypatch):
+    _scratch(tmp_path, monkeypatch)
+    command = [sys.executable, str(REPO / "scripts" / "reproduce_tiny.py"), "--quick"]
+    first = subprocess.run(command, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = Path("results/reproduce-tiny-quick")
+    for name in ("tiny1", "tiny7", "tiny10", "tiny-batch", "tiny-penalty"):
+        for ext in ("md", "csv", "tex"):
+            assert (results / "tables" / f"table{name}.{ext}").is_file()
+    table1 = (results / "tables" / "tabletiny1.md").read_text()
+    for label in ("| AOT paired | + NLL |", "| AOT unpaired | no NLL |", "| KTO | + NLL |", "| NLL control |",
+                  "| SFT (start) |"):
+        line = next(l for l in table1.splitlines() if l.startswith(label))
+        assert "(n=1)" in line, line  # every cell of the grid was trained and evaluated
+    for png in ("fig2", "fig1-nll-a", "fig1-nll-b", "fig1-no_nll-a", "fig1-no_nll-b"):
+        assert (results / "plots" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+    fig2 = json.loads((results / "plots" / "fig2.json").read_text())
+    assert fig2["tiny-batch"]["tiny:win_rate_vs_sft"]["no NLL"]["x"] == ["16", "32", "64", "128"]
+    assert len(fig2["tiny-penalty"]["tiny:rewards_min_gap"]["+ NLL"]["mean"]) == 4
+
+    # Resumable: a second call retrains nothing; a lost result is recomputed alone.
+    runs = sorted(Path("runs/reproduce-tiny-quick").glob("*/run.json"))
+    assert len(runs) == 27
+    stamps = {p: p.stat().st_mtime_ns for p in runs}
+    lost = results / "tiny-dpo-nll_0.0-seed_0" / "tiny.json"
+    kept = results / "tiny-ipo-nll_0.0-seed_0" / "tiny.json"
+    kept_stamp = kept.stat().st_mtime_ns
+    lost.unlink()
+    second = subprocess.run(command, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in runs} == stamps
+    assert lost.is_file() and kept.stat().st_mtime_ns == kept_stamp
