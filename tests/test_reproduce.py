@@ -126,6 +126,10 @@ def test_quick_grid_end_to_end_and_resumes(tmp_path, monkeypatch):
     fig2 = json.loads((results / "plots" / "fig2.json").read_text())
     assert fig2["tiny-batch"]["tiny:win_rate_vs_sft"]["no NLL"]["x"] == ["16", "32", "64", "128"]
     assert len(fig2["tiny-penalty"]["tiny:rewards_min_gap"]["+ NLL"]["mean"]) == 4
+    (results / "plots" / "fig2.png").unlink()  # the plot command draws it again from the results
+    plot = subprocess.run([sys.executable, str(REPO / "scripts" / "plot.py"), "--fig2", str(results)],
+                          capture_output=True, text=True)
+    assert plot.returncode == 0 and (results / "plots" / "fig2.png").is_file(), plot.stderr[-2000:]
 
     # Resumable: a second call retrains nothing; a lost result is recomputed alone.
     runs = sorted(Path("runs/reproduce-tiny-quick").glob("*/run.json"))
@@ -139,3 +143,14 @@ def test_quick_grid_end_to_end_and_resumes(tmp_path, monkeypatch):
     assert second.returncode == 0, second.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in runs} == stamps
     assert lost.is_file() and kept.stat().st_mtime_ns == kept_stamp
+
+    # An edited grid reruns what the edit changed: here every run's steps, but only the KTO runs are asked for.
+    spec = Path("recipes/tiny/reproduce.yaml")
+    spec.write_text(spec.read_text().replace("fixed: {max_steps: 3, logging_steps: 1}",
+                                             "fixed: {max_steps: 2, logging_steps: 1}"))
+    third = subprocess.run([*command, "--only", "tiny-kto-"], capture_output=True, text=True)
+    assert third.returncode == 0, third.stderr[-3000:]
+    changed = {p.parent.name for p in runs if p.stat().st_mtime_ns != stamps[p]}
+    assert changed == {f"tiny-kto-nll_{w}-seed_0" for w in ("1.0", "0.0")}
+    history = json.loads(Path("runs/reproduce-tiny-quick/tiny-kto-nll_1.0-seed_0/log_history.json").read_text())
+    assert history[-1]["step"] == 2

@@ -4,14 +4,16 @@ The grid is a spec file (``recipes/tiny/reproduce.yaml``): named sweeps (the for
 :mod:`aot_handbook.sweep`) crossed with the seeds, plus ``fixed`` overrides. Each run trains in
 this process (the imports and the tiny assets are paid once), its log going to
 ``<run>/train.log``; then it is evaluated with the spec's evaluation recipe into ``results_dir``.
-A run with ``run.json`` is not retrained and a result newer than its run is not recomputed, so
-an interrupted grid resumes where it stopped. At the end: the tables (``tables.TINY_TABLES``)
+A run with ``run.json``, trained from the same base recipe file and arguments (``reproduce.json``),
+is not retrained, and a result newer than its run is not recomputed, so an interrupted grid
+resumes where it stopped and an edited grid reruns only what the edit changed. At the end: the tables (``tables.TINY_TABLES``)
 and the figures (Fig. 1a/1b per NLL variant, Fig. 2) under ``results_dir``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 import traceback
@@ -87,6 +89,21 @@ def _result_path(grid: Grid, run_dir: str) -> Path:
     return grid.results_dir / Path(run_dir).name / f"{load_eval_recipe(grid.evaluation)['name']}.json"
 
 
+def _stamp(grid: Grid, run: SweepRun) -> dict:
+    """What a finished run was trained from: a run whose base recipe or arguments changed is retrained."""
+    import hashlib
+
+    return {"base": run.base, "base_sha256": hashlib.sha256(Path(run.base).read_bytes()).hexdigest(),
+            "args": [*run.args, *grid.late]}
+
+
+def _trained(grid: Grid, run: SweepRun) -> bool:
+    from .run import is_complete
+
+    stamp = Path(run.output_dir) / "reproduce.json"
+    return is_complete(run.output_dir) and stamp.is_file() and json.loads(stamp.read_text()) == _stamp(grid, run)
+
+
 def _fresh(result: Path, run_dir: str) -> bool:
     done = Path(run_dir) / "run.json"
     return result.is_file() and done.is_file() and result.stat().st_mtime >= done.stat().st_mtime
@@ -97,7 +114,7 @@ def run_grid(grid: Grid, *, only: str | None = None) -> list[str]:
     from tqdm.auto import tqdm
 
     from .evaluation.pipeline import evaluate
-    from .run import is_complete, train
+    from .run import train, write_json
 
     runs = [r for r in grid.runs if only is None or only in r.name]
     failed = []
@@ -105,14 +122,17 @@ def run_grid(grid: Grid, *, only: str | None = None) -> list[str]:
     for run in bar:
         bar.set_postfix_str(run.name, refresh=True)
         result = _result_path(grid, run.output_dir)
-        if is_complete(run.output_dir) and _fresh(result, run.output_dir):
+        trained = _trained(grid, run)
+        if trained and _fresh(result, run.output_dir):
             continue
         Path(run.output_dir).mkdir(parents=True, exist_ok=True)
         log = Path(run.output_dir) / "train.log"
         started = time.time()
         try:
             with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-                if not is_complete(run.output_dir):
+                if not trained:
+                    (Path(run.output_dir) / "run.json").unlink(missing_ok=True)
+                    write_json(Path(run.output_dir) / "reproduce.json", _stamp(grid, run))
                     train(run.base, [*run.args, *grid.late])
                 evaluate(run.output_dir, grid.evaluation, results_dir=grid.results_dir)
         except Exception:  # one bad cell must not lose the others; the log says why
@@ -178,11 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
-        from .run import is_complete
-
         for run in grid.runs:
-            state = "done" if _fresh(_result_path(grid, run.output_dir), run.output_dir) else \
-                "trained" if is_complete(run.output_dir) else "to do"
+            trained = _trained(grid, run)
+            state = "done" if trained and _fresh(_result_path(grid, run.output_dir), run.output_dir) else \
+                "trained" if trained else "to do"
             print(f"{state:8s} {run.name}")
         print(f"{len(grid.runs)} run(s)")
         return 0

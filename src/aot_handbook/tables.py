@@ -130,7 +130,8 @@ def tiny_table(n: str) -> Table:
         rows = [_tiny_row(label, m, nll) for nll in NLL_VARIANTS for label, m in METHODS] + control
         return Table(n, "Tiny task: every method from the same SFT model, with and without the NLL term "
                         "(mean ± std over seeds; Fig. 1 statistics on held-out pairs)",
-                     ("Method", "NLL"), [WIN, ACC, ("Carry", "tiny:carry"), *FIG1], rows, std=True)
+                     ("Method", "NLL"), [WIN, ACC, ("Carry", "tiny:carry"), ("No carry", "tiny:no_carry"), *FIG1],
+                     rows, std=True)
     if n == "tiny7":  # paper Table 7: hard vs soft sort
         rows = [_tiny_row(label, m, nll, sort=sort) for nll in NLL_VARIANTS for label, m in METHODS[:2]
                 for sort in ("hard", "soft")]
