@@ -16,6 +16,8 @@ def _tiny_recipes(tmp_path, steps):
     (tmp_path / "recipes" / "tiny").mkdir(parents=True)
     for path in (REPO / "recipes" / "tiny").glob("*.yaml"):
         recipe = yaml.safe_load(path.read_text())
+        if "method" not in recipe:  # reproduce.yaml: make reproduce-tiny's grid, not a recipe
+            continue
         recipe.update(max_steps=steps[recipe["method"] == "sft"], logging_steps=1)
         (tmp_path / "recipes" / "tiny" / path.name).write_text(yaml.safe_dump(recipe))
 
