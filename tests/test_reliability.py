@@ -86,3 +86,30 @@ def test_two_processes_building_the_same_cache_agree(tmp_path):
     assert first == second == alone
     leftovers = [p.name for p in (tmp_path / "shared").rglob(".*")]
     assert not leftovers, f"temporary files left behind: {leftovers}"
+
+
+def test_errors_during_training_keep_their_traceback(tiny, tmp_path):
+    """scripts/train.py shortens recipe errors to one line, but not an error raised while training."""
+    path = _recipe(tmp_path, tiny, learning_rate=1e30, max_steps=10, logging_steps=1)  # overflows at step 2
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), path], capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "Traceback" in done.stderr and "FloatingPointError" in done.stderr
+
+
+def test_only_errors_before_training_are_recipe_errors(tiny, tmp_path, monkeypatch):
+    """A ValueError from inside training is not reported as a bad recipe (scripts/train.py would have
+    cut it to one line); bad data found while building the trainer is."""
+    from aot_handbook.run import RecipeError
+    from aot_handbook.trainer import AOTTrainer
+
+    missing = {"datasets": [{"data_files": {"train": str(tmp_path / "missing.jsonl")}, "test_split": None}]}
+    with pytest.raises(RecipeError, match="missing.jsonl"):
+        train(_recipe(tmp_path, tiny, dataset_mixture=missing))
+
+    def fail(self, *args, **kwargs):
+        raise ValueError("raised inside a training step")
+
+    monkeypatch.setattr(AOTTrainer, "training_step", fail)
+    with pytest.raises(ValueError, match="inside a training step") as err:
+        train(_recipe(tmp_path, tiny))
+    assert not isinstance(err.value, RecipeError)

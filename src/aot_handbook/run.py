@@ -7,6 +7,7 @@ quantile plots, and last ``run.json``: a run without ``run.json`` is not complet
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,6 +25,21 @@ from .heldout import paired_statistics
 from .model_utils import load_model, load_tokenizer
 from .plots import quantile_plot
 from .trainer import AOTTrainer, HandbookDPOTrainer, HandbookKTOTrainer, UnpairedAOTTrainer
+
+class RecipeError(ValueError):
+    """The recipe, its overrides or its data are wrong (the message names the key, column or file).
+    Raised before training starts; an error during training keeps its own type and traceback."""
+
+
+@contextlib.contextmanager
+def recipe_errors():
+    try:
+        yield
+    except RecipeError:
+        raise
+    except (ValueError, FileNotFoundError) as err:
+        raise RecipeError(str(err)) from err
+
 
 def write_json(path: Path, data) -> None:
     """Write then rename: a killed process leaves the old file or the new one, never half of one."""
@@ -134,19 +150,22 @@ def summarize(recipe: Recipe, trainer, data, out: Path) -> dict:
 
 def train(recipe_path: str, overrides: list[str] | None = None) -> Path:
     """Train one recipe (and, first, any recipe it ``requires`` whose run is missing)."""
-    recipe = parse_recipe(recipe_path, overrides)  # every key checked before anything loads
+    with recipe_errors():
+        recipe = parse_recipe(recipe_path, overrides)  # every key checked before anything loads
     if recipe.recipe.tiny_assets:
         from .tiny import ensure_tiny_assets
 
         ensure_tiny_assets(recipe.recipe.tiny_assets)
     for required in recipe.recipe.requires or []:
-        needed = parse_recipe(required)
+        with recipe_errors():
+            needed = parse_recipe(required)
         if not is_complete(needed.training.output_dir):
             print(f"[aot-handbook] {recipe_path} requires {required}: training it first")
             train(required)
     out = Path(recipe.training.output_dir)
     started = time.time()
-    recipe, data, trainer = build_trainer(recipe)
+    with recipe_errors():  # data files, columns, model path, and the trainers' own argument checks
+        recipe, data, trainer = build_trainer(recipe)
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.json").unlink(missing_ok=True)  # this folder is being rewritten
     write_json(out / "recipe.json", {"path": recipe.path, "overrides": recipe.overrides, "recipe": _redacted(recipe.raw)})
