@@ -6,8 +6,9 @@ this process (the imports and the tiny assets are paid once), its log going to
 ``<run>/train.log``; then it is evaluated with the spec's evaluation recipe into ``results_dir``.
 A run with ``run.json``, trained from the same base recipe file and arguments (``reproduce.json``),
 is not retrained, and a result newer than its run is not recomputed, so an interrupted grid
-resumes where it stopped and an edited grid reruns only what the edit changed. At the end: the tables (``tables.TINY_TABLES``)
-and the figures (Fig. 1a/1b per NLL variant, Fig. 2) under ``results_dir``.
+resumes where it stopped and an edited grid reruns only what the edit changed. At the end: the
+tables (``tables.TINY_TABLES``) and the figures (Fig. 1a/1b per NLL variant, Fig. 2) under
+``results_dir``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Grid:
     runs: list[SweepRun]
     results_dir: Path
     evaluation: str
+    eval_name: str  # the evaluation recipe's name: results_dir/<run>/<eval_name>.json
     late: list[str]  # overrides applied after every run's own (quick mode)
 
 
@@ -74,7 +76,13 @@ def load(spec_path: str = SPEC, *, quick: bool = False, check: bool = True) -> G
                 raise SweepError(f"{where}: run {run.name} is also in an earlier sweep; remove one")
             seen.add(run.output_dir)
             runs.append(run)
-    grid = Grid(runs, Path(spec["results_dir"]), spec["evaluation"], to_cli(late))
+    from .evaluation.common import load_eval_recipe
+
+    try:
+        eval_name = load_eval_recipe(spec["evaluation"])["name"]
+    except ValueError as err:
+        raise SweepError(f"{spec_path}: 'evaluation': {err}") from None
+    grid = Grid(runs, Path(spec["results_dir"]), spec["evaluation"], eval_name, to_cli(late))
     if check:
         from .sweep import _check_run
 
@@ -84,9 +92,7 @@ def load(spec_path: str = SPEC, *, quick: bool = False, check: bool = True) -> G
 
 
 def _result_path(grid: Grid, run_dir: str) -> Path:
-    from .evaluation.common import load_eval_recipe
-
-    return grid.results_dir / Path(run_dir).name / f"{load_eval_recipe(grid.evaluation)['name']}.json"
+    return grid.results_dir / Path(run_dir).name / f"{grid.eval_name}.json"
 
 
 def _stamp(grid: Grid, run: SweepRun) -> dict:

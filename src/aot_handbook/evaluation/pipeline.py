@@ -118,8 +118,7 @@ def _tiny_task(run: RunInfo, recipe: dict, work: Path):
                                          adapter=ref_info.adapter, generator=ref_info.name, **gen).read_text())
     scores, details = program_scores(mine, theirs, judge=judge, has_carry=has_carry)
     details.update(reference=reference_run, split=str(assets[split]))
-    if run.method != "base" and run.reference and (Path(run.reference) / "run.json").is_file():
-        # paper Fig. 1 statistics on held-out pairs, against the SFT run this run started from
+    if _sft_of(run) != run.path:  # paper Fig. 1 statistics on held-out pairs, against the SFT run it started from
         scores.update(heldout_scores(run, cfg.get("heldout_pairs", 512)))
     return scores, details, {"label": "program", "description": "aot_handbook.tiny.judge (exact sum)"}
 
