@@ -135,11 +135,6 @@ def _read(path: str) -> dict:
         raise SweepError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(sweep, dict):
         raise SweepError(f"{path}: a sweep file must be a mapping with keys {sorted(SWEEP_KEYS)}")
-    unknown = sorted(set(sweep) - SWEEP_KEYS)
-    if unknown:
-        raise SweepError(f"{path}: unknown sweep key(s) {unknown} (known: {sorted(SWEEP_KEYS)})")
-    if not sweep.get("base"):
-        raise SweepError(f"{path}: key 'base' (a recipe path or a list of them) is required")
     return sweep
 
 
@@ -187,11 +182,11 @@ def expand(path: str, *, check: bool = True) -> list[SweepRun]:
 
 def expand_mapping(sweep: dict, path: str, *, check: bool = True) -> list[SweepRun]:
     """The runs of a sweep given as a mapping; ``path`` names it in errors (a file, or file:key)."""
-    if not sweep.get("base"):
-        raise SweepError(f"{path}: key 'base' (a recipe path or a list of them) is required")
     unknown = sorted(set(sweep) - SWEEP_KEYS)
     if unknown:
         raise SweepError(f"{path}: unknown sweep key(s) {unknown} (known: {sorted(SWEEP_KEYS)})")
+    if not sweep.get("base"):
+        raise SweepError(f"{path}: key 'base' (a recipe path or a list of them) is required")
     bases = sweep["base"] if isinstance(sweep["base"], list) else [sweep["base"]]
     fixed = sweep.get("fixed") or {}
     if not isinstance(fixed, dict):
