@@ -81,6 +81,11 @@ class AOTConfig(AOTArguments, DPOConfig):
 
     loss_type: str = field(default="aot_unpaired", metadata={"help": "aot_paired or aot_unpaired."})
     beta: float = field(default=0.01, metadata={"help": "The paper's beta for 7B models is 0.01."})
+    aot_share_prompt: bool = field(
+        default=True,
+        metadata={"help": "One row per pair, its prompt computed once (same log-probs, fewer tokens); models or "
+                          "batches that cannot take it (see aot_handbook.packing) use TRL's two rows per pair."},
+    )
 
     def __post_init__(self):
         variant = self.loss_type[0] if isinstance(self.loss_type, list) and len(self.loss_type) == 1 else self.loss_type

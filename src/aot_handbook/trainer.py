@@ -15,17 +15,25 @@ data-parallel ranks (AOT_SPEC sec. 6) and FSD diagnostics in the logs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import math
 
 import torch
 import torch.distributed as dist
 from datasets.fingerprint import Hasher
+from accelerate.utils import is_peft_model
 from torch.utils.data import Sampler
 from trl import DPOTrainer, KTOTrainer
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import use_adapter
 
 from .diagnostics import fsd_diagnostics
 from .loss import aot_loss
+from .packing import PackedPairs, pack_pairs, unsupported_reason
+
+logger = logging.getLogger(__name__)
 
 _UV_NAMES = {  # AOT_SPEC sec. 2
     "aot_paired": ("U = policy chosen-rejected margins", "V = reference chosen-rejected margins"),
@@ -33,6 +41,7 @@ _UV_NAMES = {  # AOT_SPEC sec. 2
 }
 # Batch keys that are not model inputs (TRL's DPO and KTO collators).
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", "label", "ref_logps"}
+_PACKABLE_KEYS = {"input_ids", "attention_mask", "completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -227,21 +236,72 @@ class _AOTObjective:
 
 
 class AOTTrainer(_AOTObjective, SharedRefCache, DPOTrainer):
-    """AOT on paired-format data. ``args``: ``AOTConfig``."""
+    """AOT on paired-format data. ``args``: ``AOTConfig``.
+
+    With ``aot_share_prompt`` (default) the policy and reference passes run one row per pair,
+    the prompt computed once (``packing.py``); batches or models that cannot take that layout
+    use TRL's two rows per pair, with the same log-probs.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._share_prompt_off = None if self.args.aot_share_prompt else "aot_share_prompt is off"
+        for model in (self.model, self.ref_model):
+            if self._share_prompt_off is None and model is not None:
+                self._share_prompt_off = unsupported_reason(model)
+        if self.args.aot_share_prompt and self._share_prompt_off:
+            logger.warning("aot_share_prompt: two rows per pair (TRL's layout): %s", self._share_prompt_off)
+        config = self.model.config.get_text_config()
+        use_window = getattr(config, "use_sliding_window", True)  # Qwen2 keeps a window it does not use
+        self._attention_span = getattr(config, "sliding_window", None) if use_window else None
+        self._attention = getattr(self.model.config, "_attn_implementation", None) or "eager"
+
+    def _pack(self, inputs: dict) -> PackedPairs | None:
+        if self._share_prompt_off or set(inputs) - _PACKABLE_KEYS:  # e.g. images: TRL's layout
+            return None
+        return pack_pairs(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"],
+                          max_span=self._attention_span)
+
+    def _pair_logps(self, model, packed: PackedPairs):
+        """(chosen, rejected) summed log-probs, per-token log-probs and the model output, from one row per pair."""
+        outputs = model(**packed.model_kwargs(self._attention), labels=packed.labels, use_cache=False,
+                        fused_lm_head=True)
+        per_token_logps = outputs.log_probs
+        chosen = (per_token_logps * packed.chosen_mask).sum(1)
+        rejected = (per_token_logps * packed.rejected_mask).sum(1)
+        return chosen, rejected, per_token_logps, outputs
+
+    def compute_ref_log_probs(self, model, inputs):
+        packed = self._pack(inputs)
+        if packed is None:
+            return super().compute_ref_log_probs(model, inputs)
+        adapters = contextlib.nullcontext()  # TRL's reference contexts (DPOTrainer.compute_ref_log_probs)
+        if self.ref_model is None and is_peft_model(self.model):
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            adapters = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        with (torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+              adapters, self.accelerator.autocast()):
+            return self._pair_logps(model, packed)[:2]
 
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
-        completion_mask = inputs["completion_mask"]
-        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
-        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        outputs = model(**model_kwargs, labels=labels, use_cache=False, fused_lm_head=True)
-        shift_mask = completion_mask[..., 1:]
-        per_token_logps = outputs.log_probs[:, -shift_mask.size(1) :]  # PEFT prompt tuning prepends tokens
-        chosen_logps, rejected_logps = per_token_logps.sum(dim=1).chunk(2, dim=0)  # batch is [chosen, rejected]
+        packed = self._pack(inputs)
+        if packed is not None:
+            chosen_logps, rejected_logps, per_token_logps, outputs = self._pair_logps(model, packed)
+            chosen_token_logps, chosen_token_mask = per_token_logps, packed.chosen_mask
+        else:  # TRL's layout: rows [chosen..., rejected...]
+            completion_mask = inputs["completion_mask"]
+            model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+            labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+            outputs = model(**model_kwargs, labels=labels, use_cache=False, fused_lm_head=True)
+            shift_mask = completion_mask[..., 1:]
+            per_token_logps = outputs.log_probs[:, -shift_mask.size(1) :]  # PEFT prompt tuning prepends tokens
+            chosen_logps, rejected_logps = per_token_logps.sum(dim=1).chunk(2, dim=0)
+            chosen_token_logps, chosen_token_mask = per_token_logps.chunk(2)[0], shift_mask.chunk(2)[0]
 
         if self.precompute_ref_logps:
             ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
-        else:  # TRL's reference pass: ref_model, or the PEFT model with its adapters disabled
+        else:  # the reference pass: ref_model, or the PEFT model with its adapters disabled
             ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(self.ref_model or self.model, inputs)
 
         chosen_logratios = chosen_logps - ref_chosen_logps
@@ -252,8 +312,7 @@ class AOTTrainer(_AOTObjective, SharedRefCache, DPOTrainer):
             u, v = chosen_logratios, rejected_logratios
         loss = self._aot_objective(u, v, mode)
         if self.args.aot_nll_weight:
-            chosen_token_logps, _ = per_token_logps.chunk(2, dim=0)
-            nll = mean_nll(chosen_token_logps, shift_mask.chunk(2, dim=0)[0])
+            nll = mean_nll(chosen_token_logps, chosen_token_mask)
             self._metrics[mode]["nll"].append(nll.item())
             loss = loss + self.args.aot_nll_weight * nll
         self._log_rewards(mode, chosen_logratios, rejected_logratios, chosen_logps, rejected_logps)
