@@ -1,0 +1,202 @@
+"""Shared-prompt packing (packing.py): the same log-probs and gradients as TRL's two rows per pair."""
+
+import pytest
+import torch
+from datasets import load_dataset
+from peft import LoraConfig, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from trl import DPOConfig, DPOTrainer
+from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+from aot_handbook.configs import AOTConfig
+from aot_handbook.packing import MODEL_TYPES, pack_pairs, unsupported_reason
+from aot_handbook.trainer import AOTTrainer
+
+CPU = dict(bf16=False, use_cpu=True, report_to=[], save_strategy="no", gradient_checkpointing=False, seed=0,
+           dataloader_num_workers=0, beta=0.5)
+# (prompt, chosen, rejected) lengths: padding both ways, a one-token prompt, one-token completions.
+SHAPES = [(5, 3, 4), (1, 2, 6), (7, 1, 1), (3, 5, 2), (2, 4, 4)]
+
+
+def _batch(shapes=SHAPES, seed=0, **collator):
+    """TRL's own collator output for random token pairs."""
+    g = torch.Generator().manual_seed(seed)
+
+    def ids(n):
+        return torch.randint(3, 60, (n,), generator=g).tolist()
+
+    examples = [{"prompt_ids": ids(p), "chosen_ids": ids(c), "rejected_ids": ids(r)} for p, c, r in shapes]
+    return DataCollatorForPreference(pad_token_id=0, **collator)(examples)
+
+
+def _tiny_model(model_type, attention):
+    kw = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, head_dim=8, max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
+              eos_token_id=2)
+    if model_type == "mixtral":
+        kw.update(num_local_experts=4, num_experts_per_tok=2)
+    if model_type == "gpt2":
+        kw = dict(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **kw), attn_implementation=attention)
+
+
+def _token_logps(logits, labels):
+    """Plain log_softmax + gather of the next-token labels (not TRL's fused head)."""
+    logp = torch.log_softmax(logits[:, :-1].float(), -1)
+    return logp.gather(-1, labels[:, 1:].clamp(min=0)[..., None])[..., 0]
+
+
+def _two_rows(model, batch):
+    lp = _token_logps(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                      batch["input_ids"])
+    return (lp * batch["completion_mask"][:, 1:]).sum(1).chunk(2)
+
+
+def _packed(model, batch, attention):
+    packed = pack_pairs(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    lp = _token_logps(model(**packed.model_kwargs(attention)).logits, packed.labels)
+    return (lp * packed.chosen_mask).sum(1), (lp * packed.rejected_mask).sum(1)
+
+
+def _grads(model, logps):
+    model.zero_grad()
+    chosen, rejected = logps
+    (chosen.sum() - 0.7 * rejected.sum()).backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_packed_logps_and_grads_equal_two_rows(model_type, attention):
+    model = _tiny_model(model_type, attention)
+    batch = _batch()
+    assert unsupported_reason(model) is None
+    reference, packed = _two_rows(model, batch), _packed(model, batch, attention)
+    for a, b in zip(packed, reference):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    ref_grads, packed_grads = _grads(model, _two_rows(model, batch)), _grads(model, _packed(model, batch, attention))
+    torch.testing.assert_close(packed_grads, ref_grads, rtol=1e-4, atol=1e-6)
+
+
+def test_packing_saves_the_repeated_prompt():
+    batch = _batch()
+    packed = pack_pairs(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    p, c, r = (torch.tensor(x) for x in zip(*SHAPES))
+    assert int(packed.visible.diagonal(dim1=1, dim2=2).sum()) == packed.input_ids.numel()  # no query sees nothing
+    assert packed.input_ids.shape == (len(SHAPES), int((p + c + 1 + r).max()))
+    assert int(packed.chosen_mask.sum()) == int(c.sum()) and int(packed.rejected_mask.sum()) == int(r.sum())
+    assert packed.input_ids.numel() < batch["input_ids"].numel()
+
+
+def test_gpt2_is_refused_because_packing_would_change_its_logps():
+    """The allow-list is not decoration: an architecture that does not honour position_ids with a 4-D
+    mask gives different log-probs, so the trainer keeps TRL's layout for it."""
+    model = _tiny_model("gpt2", "eager")
+    batch = _batch()
+    assert "gpt2" in unsupported_reason(model)
+    assert (torch.cat(_packed(model, batch, "eager")) - torch.cat(_two_rows(model, batch))).abs().max() > 1e-3
+
+
+def test_batches_that_cannot_be_packed():
+    batch = _batch()
+    ids, att, comp = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+    other = ids.clone()
+    other[len(SHAPES) + 2, 0] += 1  # one pair's rejected row has another prompt
+    assert pack_pairs(other, att, comp) is None
+    # keep_end truncation cuts the two rows of a pair differently
+    cut = _batch(shapes=[(6, 2, 5), (4, 3, 3)], max_length=8, truncation_mode="keep_end")
+    assert pack_pairs(cut["input_ids"], cut["attention_mask"], cut["completion_mask"]) is None
+    empty = _batch(shapes=[(0, 2, 3), (2, 2, 2)])
+    assert pack_pairs(empty["input_ids"], empty["attention_mask"], empty["completion_mask"]) is None
+    assert pack_pairs(ids[:-1], att[:-1], comp[:-1]) is None  # odd number of rows
+    assert pack_pairs(ids.flip(1), att.flip(1), comp.flip(1)) is None  # left padding: not TRL's layout
+    longest = int(att.sum(1).max())
+    assert pack_pairs(ids, att, comp, max_span=longest - 1) is None  # a sliding window shorter than a row
+    assert pack_pairs(ids, att, comp, max_span=longest) is not None
+    kept = _batch(shapes=[(6, 2, 5), (4, 3, 3)], max_length=8)  # keep_start truncates completions only
+    assert pack_pairs(kept["input_ids"], kept["attention_mask"], kept["completion_mask"]) is not None
+
+
+def _trainers(tiny, tmp_path, loss_type):
+    data = load_dataset("json", data_files=str(tiny["paired_train"]), split="train").select(range(16))
+    tokenizer = AutoTokenizer.from_pretrained(tiny["tokenizer"])
+
+    def model(noise):
+        torch.manual_seed(0)
+        m = AutoModelForCausalLM.from_pretrained(tiny["base_model"])
+        with torch.no_grad():  # a policy that differs from its reference, so the loss is not log 2
+            for p in m.parameters():
+                p.add_(noise * torch.randn_like(p))
+        return m
+
+    common = dict(output_dir=str(tmp_path), per_device_train_batch_size=16, **CPU)
+    out = {}
+    for name, share in (("packed", True), ("two_rows", False)):
+        out[name] = AOTTrainer(model=model(0.02), ref_model=model(0.0), train_dataset=data, processing_class=tokenizer,
+                               args=AOTConfig(loss_type=loss_type, aot_share_prompt=share, **common))
+    trl_type = {"aot_paired": "aot", "aot_unpaired": "aot_unpaired"}[loss_type]
+    out["trl"] = DPOTrainer(model=model(0.02), ref_model=model(0.0), train_dataset=data, processing_class=tokenizer,
+                            args=DPOConfig(loss_type=trl_type, **common))
+    return out
+
+
+@pytest.mark.parametrize("loss_type", ["aot_paired", "aot_unpaired"])
+def test_trainer_loss_and_gradients_equal_trl_and_two_rows(tiny, tmp_path, loss_type):
+    trainers = _trainers(tiny, tmp_path, loss_type)
+    batch = next(iter(trainers["trl"].get_train_dataloader()))
+    rows = []
+    handle = trainers["packed"].model.register_forward_pre_hook(
+        lambda m, a, k: rows.append(k["input_ids"].shape[0]), with_kwargs=True)
+    results = {}
+    for name, t in trainers.items():
+        t.model.train()
+        t.model.zero_grad()
+        loss = t.compute_loss(t.model, batch)
+        loss.backward()
+        results[name] = (loss.detach(), torch.cat([p.grad.flatten() for p in t.model.parameters()]))
+    handle.remove()
+    assert rows == [16], rows  # the policy pass ran one row per pair (the reference is a separate model)
+    assert abs(results["trl"][0].item() - 0.6931) > 1e-3  # policy != reference: a real comparison
+    for name in ("packed", "two_rows"):
+        torch.testing.assert_close(results[name][0], results["trl"][0], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(results[name][1], results["trl"][1], rtol=1e-4, atol=1e-7)
+
+
+def test_nll_term_and_lora_reference_packed(tiny, tmp_path):
+    """The NLL term reads the chosen tokens of the packed rows; a LoRA model's reference (adapters off)
+    runs packed too; both equal the two-row layout."""
+    data = load_dataset("json", data_files=str(tiny["paired_train"]), split="train").select(range(16))
+    tokenizer = AutoTokenizer.from_pretrained(tiny["tokenizer"])
+    values = {}
+    for share in (True, False):
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny["base_model"]),
+                               LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        args = AOTConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, loss_type="aot_paired",
+                         aot_nll_weight=1.0, aot_share_prompt=share, **CPU)
+        trainer = AOTTrainer(model=model, train_dataset=data, processing_class=tokenizer, args=args)
+        assert trainer.ref_model is None and (trainer._share_prompt_off is None) == share
+        batch = next(iter(trainer.get_train_dataloader()))
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, batch)
+        ref = trainer.compute_ref_log_probs(trainer.model, batch)
+        values[share] = (loss.detach(), trainer._metrics["train"]["nll"][-1], *ref)
+    assert abs(values[True][0].item() - 0.6931) > 1e-3  # adapters on != adapters off
+    for a, b in zip(values[True], values[False]):
+        torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_model_trains_with_trls_layout(tiny, tmp_path, caplog):
+    model, ref = _tiny_model("gpt2", "eager"), _tiny_model("gpt2", "eager")
+    data = load_dataset("json", data_files=str(tiny["paired_train"]), split="train").select(range(8))
+    args = AOTConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=1, loss_type="aot_paired",
+                     **CPU)
+    with caplog.at_level("WARNING", logger="aot_handbook.trainer"):
+        trainer = AOTTrainer(model=model, ref_model=ref, train_dataset=data, args=args,
+                             processing_class=AutoTokenizer.from_pretrained(tiny["tokenizer"]))
+    assert "two rows per pair" in caplog.text and "gpt2" in caplog.text
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert trainer._pack(batch) is None
+    trainer.train()
+    assert trainer.state.global_step == 1
