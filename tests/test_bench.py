@@ -25,8 +25,13 @@ def test_quick_mode_prints_tables():
     out = proc.stdout
     for heading in ("## trainer", "## loss", "## generate", "ours samples/s", "soft_pav fwd+bwd ms", "prompts/s"):
         assert heading in out, out
-    row = next(l for l in out.splitlines() if l.startswith("| aot_paired"))
-    assert float(row.split("|")[-2]) <= 1e-6  # step-1 loss of ours vs TRL's aot
+    lines = out.splitlines()
+    header = next(l for l in lines if l.startswith("| ours (AOTTrainer)"))
+    row = next(l for l in lines if l.startswith("| aot_paired"))
+    cells = dict(zip((c.strip() for c in header.split(" | ")), (c.strip() for c in row.split(" | "))))
+    assert float(cells["|step-1 loss diff|"]) <= 1e-6  # step-1 loss of ours vs TRL's aot
+    ours, trl = (int(n) for n in cells["tokens per batch"].split(" vs "))
+    assert ours < trl  # one row per pair: the prompt is not run twice
     assert "| True" in out  # batched and one-at-a-time greedy generations agree
 
 

@@ -117,7 +117,8 @@ def tiny_paths() -> dict:
 
 
 def _build_trainer(side: str, loss_type: str, steps: int, batch: int, seed: int):
-    """Ours (AOTTrainer) or TRL's DPOTrainer AOT on the tiny task: same model, data, batch, steps, seed."""
+    """Ours (AOTTrainer; ``ours_two_rows``: with ``aot_share_prompt=False``, TRL's layout) or TRL's
+    DPOTrainer AOT on the tiny task: same model, data, batch, steps, seed."""
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
@@ -136,8 +137,8 @@ def _build_trainer(side: str, loss_type: str, steps: int, batch: int, seed: int)
                   max_length=32, seed=seed, data_seed=seed, bf16=False, use_cpu=True, gradient_checkpointing=False,
                   report_to="none", save_strategy="no", eval_strategy="no", logging_steps=steps,
                   dataloader_num_workers=0, precompute_ref_log_probs=False, disable_tqdm=True)
-    if side == "ours":
-        cls, args = AOTTrainer, AOTConfig(loss_type=loss_type, **common)
+    if side in ("ours", "ours_two_rows"):
+        cls, args = AOTTrainer, AOTConfig(loss_type=loss_type, aot_share_prompt=side == "ours", **common)
     else:
         cls, args = DPOTrainer, DPOConfig(loss_type={"aot_paired": "aot", "aot_unpaired": "aot_unpaired"}[loss_type],
                                           **common)
@@ -167,24 +168,27 @@ def _train_child(side: str, loss_type: str, steps: int, batch: int, seed: int, w
     trainer.add_callback(Clock())
     trainer.train()
     timed = len(stamps) - warmup
-    return {"side": side, "loss_type": loss_type, "step1_loss": losses[0],
+    return {"side": side, "loss_type": loss_type, "step1_loss": losses[0], "losses": losses,
             "samples_per_s": batch * (timed - 1) / (stamps[-1] - stamps[warmup]) if timed > 1 else float("nan"),
             "step_s": (stamps[-1] - stamps[warmup]) / max(timed - 1, 1)}
 
 
 def _steps_child(loss_type: str, steps: int, batch: int, seed: int, warmup: int) -> dict:
-    """Both trainers in one process, their training steps (forward, reference forward, loss, backward)
-    interleaved one by one on the same batches (A B B A ...), so load changes hit both sides alike."""
-    trainers = {side: _build_trainer(side, loss_type, steps, batch, seed) for side in ("ours", "trl")}
+    """The trainers in one process, their training steps (forward, reference forward, loss, backward)
+    interleaved one by one on the same batches, the order rotating each step, so load changes hit
+    every side alike. ``ours_two_rows`` (ours without the shared prompt) shows where a difference comes from."""
+    sides = ("ours", "ours_two_rows", "trl")
+    trainers = {side: _build_trainer(side, loss_type, steps, batch, seed) for side in sides}
     loaders = {side: iter(t.get_train_dataloader()) for side, t in trainers.items()}
     batches = {side: [next(loaders[side]) for _ in range(min(steps, 8))] for side in trainers}
-    same = all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches["ours"], batches["trl"]))
-    times, losses = {"ours": [], "trl": []}, {"ours": [], "trl": []}
+    same = all(torch.equal(a["input_ids"], b["input_ids"]) for side in sides[1:]
+               for a, b in zip(batches["ours"], batches[side]))
+    times, losses = {s: [] for s in sides}, {s: [] for s in sides}
     for t in trainers.values():
         t.model.train()
         t.current_gradient_accumulation_steps = 1  # set by train(); training_step divides by it
     for i in range(warmup + steps):
-        for side in (("ours", "trl") if i % 2 == 0 else ("trl", "ours")):
+        for side in sides[i % 3:] + sides[:i % 3]:
             t = trainers[side]
             inputs = batches[side][i % len(batches[side])]
             t0 = time.perf_counter()
@@ -194,10 +198,17 @@ def _steps_child(loss_type: str, steps: int, batch: int, seed: int, warmup: int)
             losses[side].append(float(loss))
             if i >= warmup:
                 times[side].append(dt)
-    ratios = [b / a for a, b in zip(times["ours"], times["trl"])]  # per step: TRL time / our time
+
+    def ratio(side):  # per step: TRL time / this side's time
+        return summary([b / a for a, b in zip(times[side], times["trl"])])
+
+    packed = trainers["ours"]._pack(batches["ours"][0])
     return {"loss_type": loss_type, "same_batches": same, "step_s": {s: summary(v) for s, v in times.items()},
             "samples_per_s": {s: batch / summary(v)["median"] for s, v in times.items()},
-            "paired_ratio": summary(ratios), "step1_loss": {s: v[0] for s, v in losses.items()}}
+            "paired_ratio": ratio("ours"), "two_rows_ratio": ratio("ours_two_rows"),
+            "tokens_per_batch": {"ours": packed.input_ids.numel() if packed is not None else None,
+                                 "trl": batches["trl"][0]["input_ids"].numel()},
+            "step1_loss": {s: v[0] for s, v in losses.items()}}
 
 
 def bench_trainer(*, loss_types=("aot_paired", "aot_unpaired"), steps=20, batch=64, repeats=3, warmup=3,
@@ -214,7 +225,8 @@ def bench_trainer(*, loss_types=("aot_paired", "aot_unpaired"), steps=20, batch=
                 runs[side].append(_child(["_train", side, loss_type, str(memory_steps), str(batch), str(seed),
                                           str(min(warmup, memory_steps - 2))]))
         res = {"steps": steps_res, "throughput_ratio": steps_res["paired_ratio"]["median"],
-               "step1_loss_diff": abs(steps_res["step1_loss"]["ours"] - steps_res["step1_loss"]["trl"])}
+               "step1_loss_diff": max(abs(steps_res["step1_loss"][s] - steps_res["step1_loss"]["trl"])
+                                      for s in ("ours", "ours_two_rows"))}
         if repeats:
             for side, rs in runs.items():
                 res[side] = {"samples_per_s": summary([r["samples_per_s"] for r in rs]),
@@ -223,6 +235,8 @@ def bench_trainer(*, loss_types=("aot_paired", "aot_unpaired"), steps=20, batch=
             res["memory_ratio"] = res["ours"]["peak_rss_mb"]["median"] / res["trl"]["peak_rss_mb"]["median"]
             res["e2e_ratio"] = res["ours"]["samples_per_s"]["median"] / res["trl"]["samples_per_s"]["median"]
             res["step1_loss_diff"] = max(res["step1_loss_diff"], abs(res["ours"]["step1_loss"] - res["trl"]["step1_loss"]))
+            # After step 1 the policy has moved away from the reference, so this compares real losses.
+            res["loss_diff_all_steps"] = max(abs(a - b) for a, b in zip(runs["ours"][0]["losses"], runs["trl"][0]["losses"]))
         out[loss_type] = res
     out["config"] = {"steps": steps, "batch": batch, "repeats": repeats, "warmup_steps": warmup,
                      "memory_steps": memory_steps, "seed": seed, "model": tiny_paths()["model_kind"],
@@ -236,18 +250,20 @@ def trainer_table(res: dict) -> str:
         if lt == "config":
             continue
         st = r["steps"]
+        tokens = st["tokens_per_batch"]
         row = [lt, {"aot_paired": "aot", "aot_unpaired": "aot_unpaired"}[lt],
                f"{st['samples_per_s']['ours']:.1f}", f"{st['samples_per_s']['trl']:.1f}",
-               fmt(st["paired_ratio"], 3)]
+               fmt(st["paired_ratio"], 3), fmt(st["two_rows_ratio"], 3), f"{tokens['ours']} vs {tokens['trl']}"]
         if "memory_ratio" in r:
             row += [f"{r['e2e_ratio']:.3f}", fmt(r["ours"]["peak_rss_mb"], 0), fmt(r["trl"]["peak_rss_mb"], 0),
                     f"{r['memory_ratio']:.3f}"]
         else:
             row += ["n/a (--quick)"] * 4
-        rows.append(row + [f"{r['step1_loss_diff']:.1e}"])
+        rows.append(row + [f"{r['step1_loss_diff']:.1e}", f"{r['loss_diff_all_steps']:.1e}" if "loss_diff_all_steps" in r else "n/a"])
     return table(["ours (AOTTrainer)", "TRL loss_type", "ours samples/s", "TRL samples/s",
-                  "throughput ours/TRL, per-step pairs (>=1.0)", "train() e2e ours/TRL", "ours peak RSS MB",
-                  "TRL peak RSS MB", "RSS ours/TRL (<=1.05)", "|step-1 loss diff|"], rows)
+                  "throughput ours/TRL, per-step pairs (>=1.0)", "ours with TRL's two rows/TRL", "tokens per batch",
+                  "train() e2e ours/TRL", "ours peak RSS MB", "TRL peak RSS MB", "RSS ours/TRL (<=1.05)",
+                  "|step-1 loss diff|", "max |loss diff|, train() steps"], rows)
 
 
 # ---------------------------------------------------------------- 2. reference log-prob cache
