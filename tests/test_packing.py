@@ -176,7 +176,7 @@ def test_nll_term_and_lora_reference_packed(tiny, tmp_path):
         args = AOTConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, loss_type="aot_paired",
                          aot_nll_weight=1.0, aot_share_prompt=share, **CPU)
         trainer = AOTTrainer(model=model, train_dataset=data, processing_class=tokenizer, args=args)
-        assert trainer.ref_model is None and (trainer._share_prompt_off is None) == share
+        assert trainer.ref_model is None and (trainer._packing["off"] is None) == share
         batch = next(iter(trainer.get_train_dataloader()))
         trainer.model.train()
         loss = trainer.compute_loss(trainer.model, batch)
@@ -187,16 +187,40 @@ def test_nll_term_and_lora_reference_packed(tiny, tmp_path):
         torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), rtol=1e-5, atol=1e-5)
 
 
+def test_precomputed_reference_logps_are_packed_and_equal_two_rows(tiny, tmp_path, monkeypatch):
+    """TRL precomputes the reference log-probs inside its __init__, through compute_ref_log_probs."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))  # no cache from other tests
+    data = load_dataset("json", data_files=str(tiny["paired_train"]), split="train",
+                        cache_dir=str(tmp_path / "hf")).select(range(24))
+    ref = AutoModelForCausalLM.from_pretrained(tiny["base_model"])
+    rows = []
+    ref.register_forward_pre_hook(lambda m, a, k: rows.append(k["input_ids"].shape[0]), with_kwargs=True)
+    args = AOTConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, loss_type="aot_paired",
+                     precompute_ref_log_probs=True, precompute_ref_batch_size=8, **CPU)
+    trainer = AOTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny["base_model"]), ref_model=ref, args=args,
+                         train_dataset=data, processing_class=AutoTokenizer.from_pretrained(tiny["tokenizer"]))
+    assert rows == [8, 8, 8]  # three batches of 8 pairs, one row per pair
+    batch = DataCollatorForPreference(pad_token_id=0)(
+        [{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in trainer.train_dataset])
+    two_rows = _two_rows(ref, batch)
+    torch.testing.assert_close(torch.tensor(trainer.train_dataset["ref_chosen_logps"]), two_rows[0].detach(),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(trainer.train_dataset["ref_rejected_logps"]), two_rows[1].detach(),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_unsupported_model_trains_with_trls_layout(tiny, tmp_path, caplog):
     model, ref = _tiny_model("gpt2", "eager"), _tiny_model("gpt2", "eager")
     data = load_dataset("json", data_files=str(tiny["paired_train"]), split="train").select(range(8))
     args = AOTConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=1, loss_type="aot_paired",
                      **CPU)
-    with caplog.at_level("WARNING", logger="aot_handbook.trainer"):
-        trainer = AOTTrainer(model=model, ref_model=ref, train_dataset=data, args=args,
-                             processing_class=AutoTokenizer.from_pretrained(tiny["tokenizer"]))
-    assert "two rows per pair" in caplog.text and "gpt2" in caplog.text
+    trainer = AOTTrainer(model=model, ref_model=ref, train_dataset=data, args=args,
+                         processing_class=AutoTokenizer.from_pretrained(tiny["tokenizer"]))
     batch = next(iter(trainer.get_train_dataloader()))
-    assert trainer._pack(batch) is None
+    with caplog.at_level("WARNING", logger="aot_handbook.trainer"):
+        assert trainer._pack(batch) is None
+    assert "two rows per pair" in caplog.text and "gpt2" in caplog.text
     trainer.train()
     assert trainer.state.global_step == 1

@@ -16,6 +16,7 @@ data-parallel ranks (AOT_SPEC sec. 6) and FSD diagnostics in the logs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -243,28 +244,36 @@ class AOTTrainer(_AOTObjective, SharedRefCache, DPOTrainer):
     use TRL's two rows per pair, with the same log-probs.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._share_prompt_off = None if self.args.aot_share_prompt else "aot_share_prompt is off"
+    @functools.cached_property
+    def _packing(self) -> dict:
+        """Whether and how this trainer packs pairs; decided at first use (TRL's __init__ may precompute
+        the reference log-probs before ours would have run)."""
+        off = None if self.args.aot_share_prompt else "aot_share_prompt is off"
         for model in (self.model, self.ref_model):
-            if self._share_prompt_off is None and model is not None:
-                self._share_prompt_off = unsupported_reason(model)
-        if self.args.aot_share_prompt and self._share_prompt_off:
-            logger.warning("aot_share_prompt: two rows per pair (TRL's layout): %s", self._share_prompt_off)
+            if off is None and model is not None:
+                off = unsupported_reason(model)
+        if self.args.aot_share_prompt and off:
+            logger.warning("aot_share_prompt: two rows per pair (TRL's layout): %s", off)
         config = self.model.config.get_text_config()
         use_window = getattr(config, "use_sliding_window", True)  # Qwen2 keeps a window it does not use
-        self._attention_span = getattr(config, "sliding_window", None) if use_window else None
-        self._attention = getattr(self.model.config, "_attn_implementation", None) or "eager"
+        return {"off": off, "span": getattr(config, "sliding_window", None) if use_window else None,
+                "attention": getattr(self.model.config, "_attn_implementation", None) or "eager"}
 
     def _pack(self, inputs: dict) -> PackedPairs | None:
-        if self._share_prompt_off or set(inputs) - _PACKABLE_KEYS:  # e.g. images: TRL's layout
+        if self._packing["off"] or set(inputs) - _PACKABLE_KEYS:  # e.g. images: TRL's layout
             return None
-        return pack_pairs(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"],
-                          max_span=self._attention_span)
+        packed = pack_pairs(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"],
+                            max_span=self._packing["span"])
+        if packed is None and not getattr(self, "_told_unpacked", False):
+            self._told_unpacked = True
+            logger.warning("aot_share_prompt: a batch runs as TRL's two rows per pair (a pair's rows have different "
+                           "prompts after truncation, an empty prompt, or a row longer than the attention window "
+                           "%s); the log-probs are the same, only slower", self._packing["span"])
+        return packed
 
     def _pair_logps(self, model, packed: PackedPairs):
         """(chosen, rejected) summed log-probs, per-token log-probs and the model output, from one row per pair."""
-        outputs = model(**packed.model_kwargs(self._attention), labels=packed.labels, use_cache=False,
+        outputs = model(**packed.model_kwargs(self._packing["attention"]), labels=packed.labels, use_cache=False,
                         fused_lm_head=True)
         per_token_logps = outputs.log_probs
         chosen = (per_token_logps * packed.chosen_mask).sum(1)
