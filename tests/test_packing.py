@@ -3,6 +3,7 @@
 import pytest
 import torch
 from datasets import load_dataset
+from torch.utils.data import DataLoader
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
@@ -165,7 +166,7 @@ def test_trainer_loss_and_gradients_equal_trl_and_two_rows(tiny, tmp_path, loss_
 
 def test_nll_term_and_lora_reference_packed(tiny, tmp_path):
     """The NLL term reads the chosen tokens of the packed rows; a LoRA model's reference (adapters off)
-    runs packed too; both equal the two-row layout."""
+    runs packed too, with gradient checkpointing (the paper's 7B set-up); both equal the two-row layout."""
     data = load_dataset("json", data_files=str(tiny["paired_train"]), split="train").select(range(16))
     tokenizer = AutoTokenizer.from_pretrained(tiny["tokenizer"])
     values = {}
@@ -174,21 +175,25 @@ def test_nll_term_and_lora_reference_packed(tiny, tmp_path):
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny["base_model"]),
                                LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
         args = AOTConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, loss_type="aot_paired",
-                         aot_nll_weight=1.0, aot_share_prompt=share, **CPU)
+                         aot_nll_weight=1.0, aot_share_prompt=share, **{**CPU, "gradient_checkpointing": True})
         trainer = AOTTrainer(model=model, train_dataset=data, processing_class=tokenizer, args=args)
         assert trainer.ref_model is None and (trainer._packing["off"] is None) == share
         batch = next(iter(trainer.get_train_dataloader()))
         trainer.model.train()
         loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
         ref = trainer.compute_ref_log_probs(trainer.model, batch)
-        values[share] = (loss.detach(), trainer._metrics["train"]["nll"][-1], *ref)
+        values[share] = (loss.detach(), trainer._metrics["train"]["nll"][-1], grads, *ref)
     assert abs(values[True][0].item() - 0.6931) > 1e-3  # adapters on != adapters off
     for a, b in zip(values[True], values[False]):
         torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), rtol=1e-5, atol=1e-5)
 
 
-def test_precomputed_reference_logps_are_packed_and_equal_two_rows(tiny, tmp_path, monkeypatch):
-    """TRL precomputes the reference log-probs inside its __init__, through compute_ref_log_probs."""
+def test_precomputed_reference_logps_are_trls_own(tiny, tmp_path, monkeypatch):
+    """TRL precomputes the reference log-probs inside its __init__, through compute_ref_log_probs, into the
+    cache every method of a sweep shares: there ours keeps TRL's two rows, so a DPO run reads exactly the
+    numbers it would compute itself whichever run wrote them; the per-step reference pass is packed."""
     import datasets
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))  # no cache from other tests
@@ -201,14 +206,15 @@ def test_precomputed_reference_logps_are_packed_and_equal_two_rows(tiny, tmp_pat
                      precompute_ref_log_probs=True, precompute_ref_batch_size=8, **CPU)
     trainer = AOTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny["base_model"]), ref_model=ref, args=args,
                          train_dataset=data, processing_class=AutoTokenizer.from_pretrained(tiny["tokenizer"]))
-    assert rows == [8, 8, 8]  # three batches of 8 pairs, one row per pair
-    batch = DataCollatorForPreference(pad_token_id=0)(
-        [{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in trainer.train_dataset])
-    two_rows = _two_rows(ref, batch)
-    torch.testing.assert_close(torch.tensor(trainer.train_dataset["ref_chosen_logps"]), two_rows[0].detach(),
-                               rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(torch.tensor(trainer.train_dataset["ref_rejected_logps"]), two_rows[1].detach(),
-                               rtol=1e-5, atol=1e-5)
+    assert rows == [16, 16, 16]  # three batches of 8 pairs, two rows per pair
+    batch = next(iter(DataLoader(trainer.train_dataset.remove_columns(["ref_chosen_logps", "ref_rejected_logps"]),
+                                 batch_size=8, collate_fn=DataCollatorForPreference(pad_token_id=0))))
+    expected = DPOTrainer.compute_ref_log_probs(trainer, ref, batch)  # TRL's own code
+    assert torch.equal(torch.tensor(trainer.train_dataset["ref_chosen_logps"][:8]), expected[0])  # the first batch,
+    assert torch.equal(torch.tensor(trainer.train_dataset["ref_rejected_logps"][:8]), expected[1])  # same shapes
+    packed = trainer.compute_ref_log_probs(ref, batch)  # outside the precompute: one row per pair
+    assert rows[-1] == 8
+    torch.testing.assert_close(packed, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_unsupported_model_trains_with_trls_layout(tiny, tmp_path, caplog):

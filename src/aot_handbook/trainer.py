@@ -259,7 +259,19 @@ class AOTTrainer(_AOTObjective, SharedRefCache, DPOTrainer):
         return {"off": off, "span": getattr(config, "sliding_window", None) if use_window else None,
                 "attention": getattr(self.model.config, "_attn_implementation", None) or "eager"}
 
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        # The precomputed reference log-probs go to the cache every method of a sweep shares (SharedRefCache):
+        # TRL's two rows here, so a DPO run reads the numbers it would compute itself, whichever run wrote
+        # them (packed ones differ in the last float bits). It runs once per sweep, so packing saves little.
+        self._precomputing = True
+        try:
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+        finally:
+            self._precomputing = False
+
     def _pack(self, inputs: dict) -> PackedPairs | None:
+        if getattr(self, "_precomputing", False):
+            return None
         if self._packing["off"] or set(inputs) - _PACKABLE_KEYS:  # e.g. images: TRL's layout
             return None
         packed = pack_pairs(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"],
