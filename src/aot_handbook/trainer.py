@@ -3,7 +3,8 @@
 - ``AOTTrainer`` (TRL ``DPOTrainer``): paired-format data (prompt, chosen, rejected), with
   ``aot_paired`` (U = policy margins, V = reference margins) or ``aot_unpaired`` (U = chosen
   log-ratios, V = rejected log-ratios). TRL's tokenization, collator, PEFT reference and
-  precomputed reference log-probs are used as they are; only ``_compute_loss`` is ours.
+  precomputed reference log-probs are used as they are; ``_compute_loss`` is ours, and so is the
+  forward layout, one row per pair (``packing.py``), where the model allows it.
 - ``UnpairedAOTTrainer`` (TRL ``KTOTrainer``): truly unpaired data (prompt, completion, label),
   one response per row. Each batch draws positives and negatives independently
   (``BalancedLabelSampler``), so n != m; ``aot_loss`` handles that exactly. TRL has no AOT here.
