@@ -138,6 +138,9 @@ aot_sort: soft  # [paper] Table 1's AlpacaEval numbers are Table 7's soft-sort r
 aot_global_sort: false  # [paper] sort per GPU, as the paper's TRL code does; true sorts the global batch
 aot_nll_weight: 0.0  # [paper] pure AOT loss, no NLL term"""
 
+SHARE_PROMPT = ("aot_share_prompt: true  # [handbook] one row per pair, the prompt run once: the same log-probs, "
+                "fewer tokens (BENCHMARKS.md sec. 1; flash-attention falls back to two rows)")
+
 BASELINE_BETA = {
     "dpo": "beta: 0.01  # [paper] beta = 0.01 for all experiments; [handbook] zephyr DPO uses 0.01 too",
     "ipo": "beta: 0.01  # [paper] beta = 0.01 for all experiments (TRL's IPO default would be 0.1)",
@@ -196,6 +199,8 @@ def recipe(model: str, method: str, data: str = "ultrafeedback") -> tuple[str, s
         where = "Appendix H, Tables 8-9 (AOT unpaired vs KTO on unpaired data)."
         data_block = {"helpsteer": HELPSTEER_BLOCK, "pku-beavertails": BEAVERTAILS_BLOCK}[data]
     method_block = AOT_BLOCK if method.startswith("aot") else "# --- method ---\n" + BASELINE_BETA[method]
+    if method.startswith("aot") and data == "ultrafeedback":  # paired data: AOTTrainer
+        method_block += "\n" + SHARE_PROMPT
     if method == "kto":
         method_block += "\n" + KTO_EXTRA
     parts = [
