@@ -147,8 +147,8 @@ def test_trainer_loss_and_gradients_equal_trl_and_two_rows(tiny, tmp_path, loss_
     trainers = _trainers(tiny, tmp_path, loss_type)
     batch = next(iter(trainers["trl"].get_train_dataloader()))
     rows = []
-    handle = trainers["packed"].model.register_forward_pre_hook(
-        lambda m, a, k: rows.append(k["input_ids"].shape[0]), with_kwargs=True)
+    handles = [m.register_forward_pre_hook(lambda m, a, k: rows.append(k["input_ids"].shape[0]), with_kwargs=True)
+               for m in (trainers["packed"].model, trainers["packed"].ref_model)]
     results = {}
     for name, t in trainers.items():
         t.model.train()
@@ -156,8 +156,9 @@ def test_trainer_loss_and_gradients_equal_trl_and_two_rows(tiny, tmp_path, loss_
         loss = t.compute_loss(t.model, batch)
         loss.backward()
         results[name] = (loss.detach(), torch.cat([p.grad.flatten() for p in t.model.parameters()]))
-    handle.remove()
-    assert rows == [16], rows  # the policy pass ran one row per pair (the reference is a separate model)
+    for handle in handles:
+        handle.remove()
+    assert rows == [16, 16], rows  # the policy pass, then the reference pass, each one row per pair
     assert abs(results["trl"][0].item() - 0.6931) > 1e-3  # policy != reference: a real comparison
     for name in ("packed", "two_rows"):
         torch.testing.assert_close(results[name][0], results["trl"][0], rtol=1e-6, atol=1e-6)

@@ -294,7 +294,9 @@ class AOTTrainer(_AOTObjective, SharedRefCache, DPOTrainer):
         return chosen, rejected, per_token_logps, outputs
 
     def compute_ref_log_probs(self, model, inputs):
-        packed = self._pack(inputs)
+        return self._ref_logps(model, inputs, self._pack(inputs))
+
+    def _ref_logps(self, model, inputs, packed: PackedPairs | None):
         if packed is None:
             return super().compute_ref_log_probs(model, inputs)
         adapters = contextlib.nullcontext()  # TRL's reference contexts (DPOTrainer.compute_ref_log_probs)
@@ -324,7 +326,7 @@ class AOTTrainer(_AOTObjective, SharedRefCache, DPOTrainer):
         if self.precompute_ref_logps:
             ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         else:  # the reference pass: ref_model, or the PEFT model with its adapters disabled
-            ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(self.ref_model or self.model, inputs)
+            ref_chosen_logps, ref_rejected_logps = self._ref_logps(self.ref_model or self.model, inputs, packed)
 
         chosen_logratios = chosen_logps - ref_chosen_logps
         rejected_logratios = rejected_logps - ref_rejected_logps
