@@ -231,3 +231,24 @@ def test_unsupported_model_trains_with_trls_layout(tiny, tmp_path, caplog):
     assert "two rows per pair" in caplog.text and "gpt2" in caplog.text
     trainer.train()
     assert trainer.state.global_step == 1
+
+
+def test_reference_with_another_attention_than_the_policy(tiny, tmp_path):
+    """Each model gets the mask form its attention takes: SDPA a boolean, eager an additive one."""
+    data = load_dataset("json", data_files=str(tiny["paired_train"]), split="train").select(range(16))
+    tokenizer = AutoTokenizer.from_pretrained(tiny["tokenizer"])
+    losses = {}
+    for share in (True, False):
+        torch.manual_seed(0)
+        policy = AutoModelForCausalLM.from_pretrained(tiny["base_model"], attn_implementation="sdpa")
+        with torch.no_grad():
+            for p in policy.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+        ref = AutoModelForCausalLM.from_pretrained(tiny["base_model"], attn_implementation="eager")
+        args = AOTConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, loss_type="aot_unpaired",
+                         aot_share_prompt=share, **CPU)
+        trainer = AOTTrainer(model=policy, ref_model=ref, train_dataset=data, processing_class=tokenizer, args=args)
+        batch = next(iter(trainer.get_train_dataloader()))
+        assert (trainer._pack(batch) is not None) == share
+        losses[share] = trainer.compute_loss(trainer.model, batch).item()
+    assert losses[True] == pytest.approx(losses[False], rel=1e-6, abs=1e-6)

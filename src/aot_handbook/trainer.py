@@ -257,8 +257,7 @@ class AOTTrainer(_AOTObjective, SharedRefCache, DPOTrainer):
             logger.warning("aot_share_prompt: two rows per pair (TRL's layout): %s", off)
         config = self.model.config.get_text_config()
         use_window = getattr(config, "use_sliding_window", True)  # Qwen2 keeps a window it does not use
-        return {"off": off, "span": getattr(config, "sliding_window", None) if use_window else None,
-                "attention": getattr(self.model.config, "_attn_implementation", None) or "eager"}
+        return {"off": off, "span": getattr(config, "sliding_window", None) if use_window else None}
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         # The precomputed reference log-probs go to the cache every method of a sweep shares (SharedRefCache):
@@ -286,8 +285,9 @@ class AOTTrainer(_AOTObjective, SharedRefCache, DPOTrainer):
 
     def _pair_logps(self, model, packed: PackedPairs):
         """(chosen, rejected) summed log-probs, per-token log-probs and the model output, from one row per pair."""
-        outputs = model(**packed.model_kwargs(self._packing["attention"]), labels=packed.labels, use_cache=False,
-                        fused_lm_head=True)
+        # The mask's form follows the attention of the model called (a reference may differ from the policy).
+        attention = getattr(self.accelerator.unwrap_model(model).config, "_attn_implementation", None) or "eager"
+        outputs = model(**packed.model_kwargs(attention), labels=packed.labels, use_cache=False, fused_lm_head=True)
         per_token_logps = outputs.log_probs
         chosen = (per_token_logps * packed.chosen_mask).sum(1)
         rejected = (per_token_logps * packed.rejected_mask).sum(1)
