@@ -184,7 +184,7 @@ def test_nll_term_and_lora_reference_packed(tiny, tmp_path):
         loss = trainer.compute_loss(trainer.model, batch)
         loss.backward()
         grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
-        ref = trainer.compute_ref_log_probs(trainer.model, batch)
+        ref = trainer._ref_logps(trainer.model, batch, trainer._pack(batch))
         values[share] = (loss.detach(), trainer._metrics["train"]["nll"][-1], grads, *ref)
     assert abs(values[True][0].item() - 0.6931) > 1e-3  # adapters on != adapters off
     for a, b in zip(values[True], values[False]):
@@ -213,7 +213,7 @@ def test_precomputed_reference_logps_are_trls_own(tiny, tmp_path, monkeypatch):
     expected = DPOTrainer.compute_ref_log_probs(trainer, ref, batch)  # TRL's own code
     assert torch.equal(torch.tensor(trainer.train_dataset["ref_chosen_logps"][:8]), expected[0])  # the first batch,
     assert torch.equal(torch.tensor(trainer.train_dataset["ref_rejected_logps"][:8]), expected[1])  # same shapes
-    packed = trainer.compute_ref_log_probs(ref, batch)  # outside the precompute: one row per pair
+    packed = trainer._ref_logps(ref, batch, trainer._pack(batch))  # the per-step pass: one row per pair
     assert rows[-1] == 8
     torch.testing.assert_close(packed, expected, rtol=1e-5, atol=1e-5)
 
@@ -223,12 +223,12 @@ def test_unsupported_model_trains_with_trls_layout(tiny, tmp_path, caplog):
     data = load_dataset("json", data_files=str(tiny["paired_train"]), split="train").select(range(8))
     args = AOTConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=1, loss_type="aot_paired",
                      **CPU)
-    trainer = AOTTrainer(model=model, ref_model=ref, train_dataset=data, args=args,
-                         processing_class=AutoTokenizer.from_pretrained(tiny["tokenizer"]))
-    batch = next(iter(trainer.get_train_dataloader()))
     with caplog.at_level("WARNING", logger="aot_handbook.trainer"):
-        assert trainer._pack(batch) is None
+        trainer = AOTTrainer(model=model, ref_model=ref, train_dataset=data, args=args,
+                             processing_class=AutoTokenizer.from_pretrained(tiny["tokenizer"]))
     assert "two rows per pair" in caplog.text and "gpt2" in caplog.text
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert trainer._pack(batch) is None
     trainer.train()
     assert trainer.state.global_step == 1
 

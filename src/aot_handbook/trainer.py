@@ -17,7 +17,6 @@ data-parallel ranks (AOT_SPEC sec. 6) and FSD diagnostics in the logs.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import logging
 import math
@@ -245,10 +244,12 @@ class AOTTrainer(_AOTObjective, SharedRefCache, DPOTrainer):
     use TRL's two rows per pair, with the same log-probs.
     """
 
-    @functools.cached_property
-    def _packing(self) -> dict:
-        """Whether and how this trainer packs pairs; decided at first use (TRL's __init__ may precompute
-        the reference log-probs before ours would have run)."""
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._packing = self._packing_plan()
+
+    def _packing_plan(self) -> dict:
+        """Whether this trainer packs pairs (``off``: why not) and the attention window rows must fit."""
         off = None if self.args.aot_share_prompt else "aot_share_prompt is off"
         for model in (self.model, self.ref_model):
             if off is None and model is not None:
@@ -259,19 +260,7 @@ class AOTTrainer(_AOTObjective, SharedRefCache, DPOTrainer):
         use_window = getattr(config, "use_sliding_window", True)  # Qwen2 keeps a window it does not use
         return {"off": off, "span": getattr(config, "sliding_window", None) if use_window else None}
 
-    def _precompute_ref_logps(self, dataset, name, batch_size):
-        # The precomputed reference log-probs go to the cache every method of a sweep shares (SharedRefCache):
-        # TRL's two rows here, so a DPO run reads the numbers it would compute itself, whichever run wrote
-        # them (packed ones differ in the last float bits). It runs once per sweep, so packing saves little.
-        self._precomputing = True
-        try:
-            return super()._precompute_ref_logps(dataset, name, batch_size)
-        finally:
-            self._precomputing = False
-
     def _pack(self, inputs: dict) -> PackedPairs | None:
-        if getattr(self, "_precomputing", False):
-            return None
         if self._packing["off"] or set(inputs) - _PACKABLE_KEYS:  # e.g. images: TRL's layout
             return None
         packed = pack_pairs(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"],
@@ -293,10 +282,11 @@ class AOTTrainer(_AOTObjective, SharedRefCache, DPOTrainer):
         rejected = (per_token_logps * packed.rejected_mask).sum(1)
         return chosen, rejected, per_token_logps, outputs
 
-    def compute_ref_log_probs(self, model, inputs):
-        return self._ref_logps(model, inputs, self._pack(inputs))
-
+    # TRL's compute_ref_log_probs stays as it is: TRL calls it only to precompute the reference log-probs
+    # into the cache every method of a sweep shares (SharedRefCache), so that cache holds exactly TRL's
+    # two-row numbers whichever run wrote it (packed ones differ in the last float bits); it runs once a sweep.
     def _ref_logps(self, model, inputs, packed: PackedPairs | None):
+        """The per-step reference pass, packed when the policy pass was."""
         if packed is None:
             return super().compute_ref_log_probs(model, inputs)
         adapters = contextlib.nullcontext()  # TRL's reference contexts (DPOTrainer.compute_ref_log_probs)
