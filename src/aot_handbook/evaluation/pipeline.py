@@ -79,7 +79,7 @@ def _alpaca_eval(run: RunInfo, recipe: dict, work: Path):
 
 
 def _lm_eval(run: RunInfo, recipe: dict, work: Path):
-    from .harness import OPEN_LLM_COLUMNS, run_lm_eval, write_tiny_tasks
+    from .harness import OPEN_LLM_COLUMNS, column_tasks, run_lm_eval, write_tiny_tasks
 
     cfg = dict(recipe.get("lm_eval") or {})
     include = cfg.pop("include_path", None)
@@ -89,7 +89,7 @@ def _lm_eval(run: RunInfo, recipe: dict, work: Path):
         rows = read_jsonl(ensure_tiny_assets(cfg.pop("tiny_assets", ".cache/tiny"))["eval_prompts"])
         include = str(write_tiny_tasks(work / "tasks", rows[: cfg.pop("tiny_rows", len(rows))]))
     columns = cfg.pop("columns", None) or OPEN_LLM_COLUMNS
-    tasks = cfg.pop("tasks", None) or sorted({c.split("/")[0] for c in columns.values()})
+    tasks = cfg.pop("tasks", None) or column_tasks(columns)
     scores, details = run_lm_eval(run.model, run.adapter, tasks=tasks, columns=columns, include_path=include, **cfg)
     return scores, details, None
 
