@@ -68,7 +68,7 @@ def _alpaca_eval(run: RunInfo, recipe: dict, work: Path):
     judge = dict(recipe.get("judge") or {})
     label = judge.get("label", "gpt4")
     outputs = generate_outputs(run.model, work / "model_outputs.json", adapter=run.adapter, generator=run.name,
-                               **_generation_kwargs(recipe))
+                               chat_template=run.chat_template, **_generation_kwargs(recipe))
     reference = resolve_reference(judge.get("reference_outputs"))
     metrics = annotate(outputs, reference, judge, work / "alpaca_eval", name=run.name)
     scores = {f"alpaca_eval:{label}:win_rate": metrics["win_rate"],
