@@ -216,11 +216,25 @@ SETUP_CFG = Path(__file__).resolve().parents[2] / "setup.cfg"
 BNB_LAUNCHERS = {"NO", "MULTI_GPU"}
 
 
-def declared_packages(setup_cfg: str | Path = SETUP_CFG) -> dict[str, str]:
+def declared_packages(setup_cfg: str | Path | None = None) -> dict[str, str]:
     """Distribution name -> where the project declares it ('install_requires' or the extra's name)."""
     import configparser
     import re
 
+    setup_cfg = Path(setup_cfg or SETUP_CFG)
+    if not setup_cfg.is_file():  # an installed (not editable) package: its metadata lists the same
+        from importlib import metadata
+
+        try:
+            requires = metadata.requires("aot-handbook") or []
+        except metadata.PackageNotFoundError:
+            requires = []
+        found = {}
+        for req in requires:
+            extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)", req)
+            name = re.match(r"\s*([A-Za-z0-9_.-]+)", req).group(1)
+            found.setdefault(re.sub(r"[-_.]+", "-", name).lower(), extra.group(1) if extra else "install_requires")
+        return found
     cfg = configparser.ConfigParser()
     cfg.read(setup_cfg)
     where = {"install_requires": cfg.get("options", "install_requires", fallback="")}
