@@ -8,7 +8,12 @@ import pytest
 import yaml
 
 from aot_handbook import validate
-from aot_handbook.validate import ValidationError, check_optimizer, validate_file, validate_recipe
+from aot_handbook.validate import (
+    ValidationError,
+    check_optimizer,
+    validate_file,
+    validate_recipe,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
@@ -59,7 +64,7 @@ def test_paged_adamw_needs_bitsandbytes_installed_or_declared(tmp_path, no_bnb_d
 
 def test_qlora_needs_bitsandbytes(tmp_path, no_bnb_declared):
     path = _recipe(tmp_path, load_in_4bit=True)
-    with pytest.raises(ValidationError, match=rf"key 'load_in_4bit': .*`bitsandbytes`"):
+    with pytest.raises(ValidationError, match=r"key 'load_in_4bit': .*`bitsandbytes`"):
         validate_recipe(path)
 
 

@@ -375,7 +375,7 @@ def _check_fsdp_plugin(path: str) -> None:
 # ------------------------------------------------------------------ evaluation recipes: lm-eval tasks
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _lm_eval_registry() -> dict[str, tuple[str, set | None, set]] | None:
     try:
         from lm_eval.tasks import TaskManager

@@ -75,9 +75,13 @@ def end_of_turn_ids(tokenizer) -> list[int]:
     if not getattr(tokenizer, "chat_template", None):
         return []
     marker = "Zq"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": marker}],
-                                         tokenize=False)
-    tail = text[text.rindex(marker) + len(marker):]
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": marker}],
+                                             tokenize=False)
+    except Exception as err:  # a template that refuses this conversation (jinja's raise_exception)
+        logger.warning("chat template: no end-of-turn token found (%s); generation stops at EOS only", err)
+        return []
+    tail = text[text.rindex(marker) + len(marker):].lstrip()  # a newline before the token: still the turn's end
     ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
     special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
     return [ids[0]] if ids and ids[0] in special else []
