@@ -141,3 +141,15 @@ def test_a_wrong_task_or_metric_is_caught(tmp_path, column, spec, message):
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(ValidationError, match=rf"key 'lm_eval.columns.{column}': {message}"):
         validate_file(path)
+
+
+def test_a_column_listing_several_metrics_is_their_mean():
+    from aot_handbook.evaluation.harness import OPEN_LLM_COLUMNS, column_score, column_tasks
+
+    paper = yaml.safe_load((RECIPES / "eval" / "open_llm_paper.yaml").read_text())["lm_eval"]["columns"]
+    assert paper == OPEN_LLM_COLUMNS  # the default columns are the paper recipe's
+    results = {"truthfulqa_mc1": {"acc,none": 0.36, "acc_stderr,none": 0.01}, "truthfulqa_mc2": {"acc,none": 0.52}}
+    assert column_score(results, "truthfulqa", paper["truthfulqa"]) == pytest.approx(44.0)
+    assert {"truthfulqa_mc1", "truthfulqa_mc2", "arc_easy", "gsm8k"} <= set(column_tasks(paper))
+    with pytest.raises(KeyError, match=r"columns.truthfulqa: lm-eval returned no 'acc,none' for task 'truthfulqa_mc2'"):
+        column_score({"truthfulqa_mc1": {"acc,none": 0.3}}, "truthfulqa", paper["truthfulqa"])
