@@ -164,8 +164,9 @@ def train_block(method: str, unpaired_data: bool) -> str:
 # fail on FSDP2's sharded parameters (bitsandbytes #1633). With DDP or one GPU, `pip install -e ".[bnb]"`
 # and pass --optim paged_adamw_32bit (make validate-recipes checks the optimizer/launcher pair).
 optim: adamw_torch
-# [handbook] zephyr DPO LoRA learning rate; the paper gives none. The handbook ran ~1,900 steps per epoch
-# (batch 4 per GPU), this recipe ~239 (32 x 8 GPUs): recipes/ablations/learning_rate.sweep.yaml tries higher.
+# [handbook] zephyr DPO LoRA learning rate; the paper gives none. The handbook's run: batch 4 on one GPU,
+# ~15,300 steps per epoch; this recipe: 32 x 8 GPUs, ~239 steps. recipes/ablations/learning_rate.sweep.yaml
+# tries higher rates (recipes/README.md, "Learning rate: steps per epoch").
 learning_rate: 5.0e-6
 lr_scheduler_type: cosine  # [handbook]
 warmup_steps: 0.1  # [handbook] warmup_ratio 0.1 (transformers 5: a float < 1 is a ratio of all steps)
