@@ -368,7 +368,7 @@ def test_beavertails_label_is_is_safe(local_data):
 # ------------------------------------------------------------------ two real training steps per method
 
 CPU_OVERRIDES = ["--dtype", "float32", "--bf16", "false", "--use_cpu", "true", "--max_steps", "2",
-                 "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--optim", "adamw_torch",
+                 "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",  # the recipes' own optim
                  "--gradient_checkpointing", "false", "--eval_strategy", "no", "--save_strategy", "no",
                  "--logging_steps", "1", "--dataloader_num_workers", "0", "--report_to", "none"]
 
