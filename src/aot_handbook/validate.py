@@ -11,12 +11,17 @@ No weights and no datasets are loaded; nothing is downloaded. What is checked:
   accelerate's ``ClusterConfig``, ``fsdp_config`` / ``deepspeed_config`` keys known to ``accelerate
   launch``, the config loads through accelerate's own loader, and an FSDP config builds accelerate's
   FSDP plugin as ``accelerate launch`` would;
-- evaluation recipes (files under an ``eval`` folder): ``aot_handbook.evaluation``'s own loader.
+- evaluation recipes (files under an ``eval`` folder): ``aot_handbook.evaluation``'s own loader, and every
+  lm-eval task / metric / filter an lm_eval recipe names against lm-eval's task registry (offline);
+- packages and launchers: a recipe's optimizer (``optim``) and quantization (``load_in_4bit/8bit``) and a
+  DeepSpeed accelerate config need only packages installed or named in setup.cfg (install_requires or an
+  extra); each recipe and sweep is checked against the accelerate configs validated with it (and a sweep
+  against its ``launch.accelerate_config``): bitsandbytes optimizers only with one process or DDP.
 
 A GPU recipe (bf16) is parsed with ``--use_cpu true`` on a machine without a GPU: transformers
 otherwise refuses bf16 at parse time, and device choice is not what is being checked.
 
-    python scripts/validate_recipes.py [PATHS...]     # default: recipes/
+    python scripts/validate_recipes.py [PATHS...] [--launcher ACCELERATE_CONFIG]    # default: recipes/
 """
 
 from __future__ import annotations
@@ -222,24 +227,24 @@ def declared_packages(setup_cfg: str | Path | None = None) -> dict[str, str]:
     import re
 
     setup_cfg = Path(setup_cfg or SETUP_CFG)
-    if not setup_cfg.is_file():  # an installed (not editable) package: its metadata lists the same
+    where: dict[str, str] = {}
+    if setup_cfg.is_file():
+        cfg = configparser.ConfigParser()
+        cfg.read(setup_cfg)
+        where["install_requires"] = cfg.get("options", "install_requires", fallback="")
+        if cfg.has_section("options.extras_require"):
+            where.update(cfg.items("options.extras_require"))
+    else:  # an installed (not editable) package: its metadata lists the same requirements
         from importlib import metadata
 
         try:
             requires = metadata.requires("aot-handbook") or []
         except metadata.PackageNotFoundError:
             requires = []
-        found = {}
         for req in requires:
             extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)", req)
-            name = re.match(r"\s*([A-Za-z0-9_.-]+)", req).group(1)
-            found.setdefault(re.sub(r"[-_.]+", "-", name).lower(), extra.group(1) if extra else "install_requires")
-        return found
-    cfg = configparser.ConfigParser()
-    cfg.read(setup_cfg)
-    where = {"install_requires": cfg.get("options", "install_requires", fallback="")}
-    if cfg.has_section("options.extras_require"):
-        where.update(cfg.items("options.extras_require"))
+            place = extra.group(1) if extra else "install_requires"
+            where[place] = where.get(place, "") + "\n" + req.split(";")[0]
     out: dict[str, str] = {}
     for place, block in where.items():
         for line in block.splitlines():
