@@ -60,7 +60,7 @@ def model_block(model: str) -> str:
     lines = [
         "# --- model ---",
         f"model_name_or_path: {info['hub_id']}  # [paper] base model (SFT'd, 7B family), Sec. 5 / App. H",
-        "dtype: bfloat16  # [paper] bf16 on 8 x H100",
+        "dtype: bfloat16  # [choice] the paper (8 x H100) states no precision; bf16 as the handbook",
     ]
     if info["set_in_recipe"]:
         name = _template_name(info["template"])
@@ -159,15 +159,22 @@ def train_block(method: str, unpaired_data: bool) -> str:
     )
     return f"""\
 # --- optimisation ---
-optim: paged_adamw_32bit  # [paper] PagedAdamW 32-bit (Algorithms 1-2)
-learning_rate: 5.0e-6  # [handbook] zephyr DPO LoRA learning rate; the paper gives none
+# [choice] adamw_torch runs under every launcher here (DDP, FSDP2, ZeRO-3). [paper] Algorithms 1-2 use
+# PagedAdamW 32-bit: paging only moves the ~0.3 GB LoRA optimizer state, and bitsandbytes' paged optimizers
+# fail on FSDP2's sharded parameters (bitsandbytes #1633). With DDP or one GPU, `pip install -e ".[bnb]"`
+# and pass --optim paged_adamw_32bit (make validate-recipes checks the optimizer/launcher pair).
+optim: adamw_torch
+# [handbook] zephyr DPO LoRA learning rate; the paper gives none. The handbook's run: batch 4 on one GPU,
+# ~15,300 steps per epoch; this recipe: 32 x 8 GPUs, ~239 steps. recipes/ablations/learning_rate.sweep.yaml
+# tries higher rates (recipes/README.md, "Learning rate: steps per epoch").
+learning_rate: 5.0e-6
 lr_scheduler_type: cosine  # [handbook]
 warmup_steps: 0.1  # [handbook] warmup_ratio 0.1 (transformers 5: a float < 1 is a ratio of all steps)
 num_train_epochs: 1  # [handbook] one epoch; [paper] ~1 hour per 7B model on UltraFeedback, 8 x H100
 per_device_train_batch_size: 32  # [paper] "up to 35 samples per GPU" on 80GB with FSDP; [choice] 32 < 35
 gradient_accumulation_steps: 1  # [choice] accumulation would not enlarge the batch AOT sorts
 max_length: 1024  # [handbook] (also TRL's default) prompt + completion tokens
-bf16: true  # [paper]
+bf16: true  # [choice] the paper gives no precision; bf16 is what H100s and the handbook use
 gradient_checkpointing: true  # [handbook] (FSDP users: see recipes/accelerate_configs/fsdp.yaml)
 seed: 42  # [handbook]{positive_share}
 

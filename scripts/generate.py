@@ -32,7 +32,7 @@ def main(argv=None):
     path = generate_outputs(run.model, out, adapter=run.adapter, generator=run.name, instructions=args.instructions,
                             limit=args.limit, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                             do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p,
-                            backend=args.backend, dtype=args.dtype)
+                            backend=args.backend, dtype=args.dtype, chat_template=run.chat_template)
     print(f"outputs: {path}")
 
 

@@ -23,8 +23,10 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BENCHMARKS = [("ARC", "arc"), ("HellaSwag", "hellaswag"), ("MMLU", "mmlu"), ("TruthfulQA", "truthfulqa"),
-              ("Winogrande", "winogrande"), ("GSM8K", "gsm8k")]
+# The paper's benchmark columns, headed by the lm-eval task and metric behind them (recipes/eval/open_llm_paper.yaml).
+BENCHMARKS = [("ARC-Easy acc", "arc"), ("HellaSwag acc", "hellaswag"), ("MMLU acc", "mmlu"),
+              ("TruthfulQA mc1+mc2 mean", "truthfulqa"), ("Winogrande acc", "winogrande"),
+              ("GSM8K flexible-extract", "gsm8k")]
 METHODS = [("AOT paired", "aot_paired"), ("AOT unpaired", "aot_unpaired"), ("DPO", "dpo"), ("KTO", "kto"), ("IPO", "ipo")]
 BASE_NAMES = {"merlinite-7b": "Merlinite-7B", "openhermes-2.5-mistral-7b": "OpenHermes-7B",
               "starling-lm-7b-alpha": "Starling-7B", "llama3-8b-instruct": "Llama3-8B",

@@ -11,17 +11,23 @@ No weights and no datasets are loaded; nothing is downloaded. What is checked:
   accelerate's ``ClusterConfig``, ``fsdp_config`` / ``deepspeed_config`` keys known to ``accelerate
   launch``, the config loads through accelerate's own loader, and an FSDP config builds accelerate's
   FSDP plugin as ``accelerate launch`` would;
-- evaluation recipes (files under an ``eval`` folder): ``aot_handbook.evaluation``'s own loader.
+- evaluation recipes (files under an ``eval`` folder): ``aot_handbook.evaluation``'s own loader, and every
+  lm-eval task / metric / filter an lm_eval recipe names against lm-eval's task registry (offline);
+- packages and launchers: a recipe's optimizer (``optim``) and quantization (``load_in_4bit/8bit``) and a
+  DeepSpeed accelerate config need only packages installed or named in setup.cfg (install_requires or an
+  extra); each recipe and sweep is checked against the accelerate configs validated with it (and a sweep
+  against its ``launch.accelerate_config``): bitsandbytes optimizers only with one process or DDP.
 
 A GPU recipe (bf16) is parsed with ``--use_cpu true`` on a machine without a GPU: transformers
 otherwise refuses bf16 at parse time, and device choice is not what is being checked.
 
-    python scripts/validate_recipes.py [PATHS...]     # default: recipes/
+    python scripts/validate_recipes.py [PATHS...] [--launcher ACCELERATE_CONFIG]    # default: recipes/
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -131,8 +137,9 @@ def _check_chat_template(path, template: str) -> None:
                                            f"({prompt!r} vs {text!r})")
 
 
-def validate_recipe(path: str | Path, _seen: frozenset = frozenset()):
-    """Parse and check one recipe; return the parsed Recipe. Raises ValidationError naming file and key."""
+def validate_recipe(path: str | Path, _seen: frozenset = frozenset(), launchers: list | tuple = ()):
+    """Parse and check one recipe; return the parsed Recipe. Raises ValidationError naming file and key.
+    ``launchers``: accelerate configs the recipe is checked to run under (optimizer/launcher pair)."""
     from .configs import METHODS, AOTUnpairedConfig, parse_recipe
     from .loss import PENALTIES, SORTS
 
@@ -178,6 +185,11 @@ def validate_recipe(path: str | Path, _seen: frozenset = frozenset()):
         fmt = METHODS[recipe.method][1]
         if fmt == "paired" and parsed.unpair:
             raise _fail(path, "dataset_mixture.unpair", f"is true but method {recipe.method!r} needs paired data")
+    for launcher in launchers or [None]:
+        check_optimizer(path, args.optim, launcher)
+    for key in ("load_in_4bit", "load_in_8bit"):
+        if getattr(recipe.model, key, False):
+            _require_package(path, key, "bitsandbytes", f"{key} (QLoRA)")
     for required in recipe.recipe.requires or []:
         if not Path(required).is_file():
             raise _fail(path, "requires", f"recipe not found: {required}")
@@ -199,6 +211,100 @@ def validate_recipe(path: str | Path, _seen: frozenset = frozenset()):
                 raise _fail(path, "lora_target_modules", f"{bad} are not modules of a {family} model "
                             f"(known: {sorted(LORA_MODULES[family])})")
     return recipe
+
+
+# ------------------------------------------------------------------ packages, optimizers and launchers
+
+SETUP_CFG = Path(__file__).resolve().parents[2] / "setup.cfg"
+# bitsandbytes #1633 ("illegal memory access with FSDP2"), torchtune #1856: paged optimizers on sharded
+# (DTensor) parameters. Known to work: one process or plain DDP (each rank holds whole parameters).
+BNB_LAUNCHERS = {"NO", "MULTI_GPU"}
+
+
+def declared_packages(setup_cfg: str | Path | None = None) -> dict[str, str]:
+    """Distribution name -> where the project declares it ('install_requires' or the extra's name)."""
+    import configparser
+    import re
+
+    setup_cfg = Path(setup_cfg or SETUP_CFG)
+    where: dict[str, str] = {}
+    if setup_cfg.is_file():
+        cfg = configparser.ConfigParser()
+        cfg.read(setup_cfg)
+        where["install_requires"] = cfg.get("options", "install_requires", fallback="")
+        if cfg.has_section("options.extras_require"):
+            where.update(cfg.items("options.extras_require"))
+    else:  # an installed (not editable) package: its metadata lists the same requirements
+        from importlib import metadata
+
+        try:
+            requires = metadata.requires("aot-handbook") or []
+        except metadata.PackageNotFoundError:
+            requires = []
+        for req in requires:
+            extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)", req)
+            place = extra.group(1) if extra else "install_requires"
+            where[place] = where.get(place, "") + "\n" + req.split(";")[0]
+    out: dict[str, str] = {}
+    for place, block in where.items():
+        for line in block.splitlines():
+            name = re.match(r"\s*([A-Za-z0-9_.-]+)", line.split("#", 1)[0])
+            if name:
+                out.setdefault(re.sub(r"[-_.]+", "-", name.group(1)).lower(), place)
+    return out
+
+
+def _installed(dist: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.version(dist)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+def _require_package(path, key: str, dist: str, what: str) -> None:
+    """``dist`` must be installed here or declared by the project (install_requires or an extra)."""
+    if _installed(dist) or dist in declared_packages():
+        return
+    raise _fail(path, key, f"{what} needs the `{dist}` package, which is neither installed nor named in "
+                           f"setup.cfg (install_requires or an extra)")
+
+
+def optimizer_package(optim: str) -> str | None:
+    """The package transformers' Trainer imports for optimizer ``optim`` (None: torch's own)."""
+    from transformers import trainer_optimizer as opt
+
+    groups = {"bitsandbytes": opt._BITSANDBYTES_OPTIMIZERS, "galore-torch": opt._GALORE_OPTIMIZERS,
+              "apollo-torch": opt._APOLLO_OPTIMIZERS, "torchao": opt._TORCHAO_OPTIMIZERS,
+              "schedulefree": opt._SCHEDULE_FREE_OPTIMIZERS}
+    return next((dist for dist, names in groups.items() if optim in {n.value for n in names}), None)
+
+
+def launcher_kind(accelerate_config: str | Path) -> str:
+    """'NO', 'MULTI_GPU', 'FSDP1', 'FSDP2', 'DEEPSPEED', ... of an accelerate config file."""
+    config = yaml.safe_load(Path(accelerate_config).read_text()) or {}
+    kind = str(config.get("distributed_type", "NO"))
+    if kind == "FSDP":
+        kind += str((config.get("fsdp_config") or {}).get("fsdp_version", 1))
+    return kind
+
+
+def check_optimizer(path, optim: str, launcher: str | Path | None = None) -> None:
+    """The optimizer's package is installed or declared; with ``launcher`` (an accelerate config), the pair is
+    one known to work."""
+    optim = getattr(optim, "value", optim)
+    dist = optimizer_package(optim)
+    if dist:
+        _require_package(path, "optim", dist, f"optimizer {optim!r}")
+    if dist == "bitsandbytes" and launcher is not None and launcher_kind(launcher) not in BNB_LAUNCHERS:
+        kind = launcher_kind(launcher)
+        why = (" (paged bitsandbytes optimizers fail on FSDP2's sharded parameters: bitsandbytes #1633, "
+               "torchtune #1856)" if kind == "FSDP2" and optim.startswith("paged") else "")
+        raise _fail(path, "optim", f"{optim!r} is not known to work with {launcher} ({kind}){why}; use "
+                                   "adamw_torch there, or a bitsandbytes optimizer with one process or DDP "
+                                   "(recipes/accelerate_configs/ddp.yaml)")
 
 
 # ------------------------------------------------------------------ accelerate configs
@@ -241,6 +347,8 @@ def validate_accelerate_config(path: str | Path):
         raise _fail(path, None, f"accelerate cannot load it: {err}") from None
     if distributed == "FSDP":
         _check_fsdp_plugin(path)
+    if distributed == "DEEPSPEED":
+        _require_package(path, "distributed_type", "deepspeed", "DeepSpeed")
     return cluster
 
 
@@ -269,6 +377,87 @@ def _check_fsdp_plugin(path: str) -> None:
         raise _fail(path, "fsdp_config", f"accelerate rejects it: {err}") from None
 
 
+# ------------------------------------------------------------------ evaluation recipes: lm-eval tasks
+
+
+@functools.cache
+def _lm_eval_registry() -> dict[str, tuple[str, set | None, set]] | None:
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        return None
+    return {name: _task_entry(e.kind.name, e.cfg or {}) for name, e in TaskManager().task_index.items()}
+
+
+def lm_eval_tasks(include_path: str | None = None) -> dict[str, tuple[str, set | None, set]] | None:
+    """lm-eval's task registry, offline: name -> (kind, metric names or None if unknown, filter names).
+    Built once per process (the index takes 7-9 s); None when lm-eval is not installed."""
+    registry = _lm_eval_registry()
+    if registry is None:
+        return None
+    out = dict(registry)
+    if include_path:  # local task YAMLs (e.g. the tiny tasks): read directly, no second index
+        for f in Path(include_path).glob("*.yaml"):
+            cfg = yaml.load(f.read_text(), Loader=_AnyTagLoader) or {}
+            if isinstance(cfg, dict) and isinstance(cfg.get("task"), str):
+                out[cfg["task"]] = _task_entry("TASK", cfg)
+    return out
+
+
+class _AnyTagLoader(yaml.SafeLoader):
+    """lm-eval task YAMLs use tags such as !function; their values do not matter here."""
+
+
+_AnyTagLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def _task_entry(kind: str, cfg: dict) -> tuple[str, set | None, set]:
+    listed = cfg.get("metric_list") or cfg.get("aggregate_metric_list")
+    metrics = {m["metric"] for m in listed if isinstance(m, dict) and "metric" in m} if listed else None
+    return kind, metrics, {f["name"] for f in cfg.get("filter_list") or [] if isinstance(f, dict)} or {"none"}
+
+
+def check_lm_eval_recipe(path, recipe: dict) -> None:
+    """Every task and every ``columns`` entry (``task/metric,filter``, or a list of them averaged) of an
+    lm_eval recipe names a task lm-eval knows, and a metric and filter that task reports."""
+    import tempfile
+
+    cfg = recipe.get("lm_eval") or {}
+    include = cfg.get("include_path")
+    with tempfile.TemporaryDirectory() as tmp:
+        if cfg.get("tiny_tasks"):  # written at evaluation time: write them once to read their names
+            from .evaluation.harness import write_tiny_tasks
+
+            include = str(write_tiny_tasks(tmp, [{"prompt": "47+38="}]))
+        registry = lm_eval_tasks(include)
+    if registry is None:
+        return
+    for name in cfg.get("tasks") or []:
+        if name not in registry:
+            raise _fail(path, "lm_eval.tasks", f"{name!r} is not a task lm-eval knows ({_near(name, registry)})")
+    for column, specs in (cfg.get("columns") or {}).items():
+        for spec in [specs] if isinstance(specs, str) else specs or []:
+            key = f"lm_eval.columns.{column}"
+            task, _, metric = str(spec).partition("/")
+            name, _, filt = metric.partition(",")
+            if task not in registry:
+                raise _fail(path, key, f"{task!r} is not a task lm-eval knows ({_near(task, registry)})")
+            kind, metrics, filters = registry[task]
+            if kind not in ("TASK", "GROUP"):
+                raise _fail(path, key, f"{task!r} is an lm-eval {kind.lower()}, which reports no score of its own; "
+                                       "name one of its tasks")
+            if not filt or (metrics is not None and name not in metrics) or (kind == "TASK" and filt not in filters):
+                raise _fail(path, key, f"{spec!r}: task {task!r} reports "
+                                       f"{sorted(f'{m},{f}' for m in metrics or [] for f in filters)}")
+
+
+def _near(name: str, registry: dict) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(registry), n=3, cutoff=0.6)
+    return f"did you mean {close}?" if close else "see `lm-eval ls tasks`"
+
+
 # ------------------------------------------------------------------ files and folders
 
 
@@ -292,8 +481,9 @@ def kind_of(path: str | Path) -> str:
     return "recipe"
 
 
-def validate_file(path: str | Path) -> str:
-    """Validate one file by its kind; return the kind. Raises ValidationError."""
+def validate_file(path: str | Path, launchers: list | tuple = ()) -> str:
+    """Validate one file by its kind; return the kind. Raises ValidationError. A recipe or sweep is checked to
+    run under each accelerate config in ``launchers`` (a sweep also under its own ``launch.accelerate_config``)."""
     from .sweep import SweepError, expand
 
     kind = kind_of(path)
@@ -305,9 +495,11 @@ def validate_file(path: str | Path) -> str:
         except ImportError:
             return kind
         try:
-            load_eval_recipe(path)
+            recipe = load_eval_recipe(path)
         except ValueError as err:
             raise ValidationError(str(err)) from None
+        if recipe.get("kind") == "lm_eval":
+            check_lm_eval_recipe(path, recipe)
     elif kind == "reproduce":
         from .reproduce import load
 
@@ -317,11 +509,16 @@ def validate_file(path: str | Path) -> str:
             raise ValidationError(str(err)) from None
     elif kind == "sweep":
         try:
-            expand(str(path), check=True)
+            runs = expand(str(path), check=True)
         except SweepError as err:
             raise ValidationError(str(err)) from None
+        for run in runs:
+            optim = run.overrides.get("optim") or (yaml.safe_load(Path(run.base).read_text()) or {}).get("optim")
+            for launcher in [*launchers, *([run.launch["accelerate_config"]] if run.launch.get("accelerate_config")
+                                           else [])]:
+                check_optimizer(f"{path}: run {run.name}", optim or "adamw_torch", launcher)
     else:
-        validate_recipe(path)
+        validate_recipe(path, launchers=launchers)
     return kind
 
 
@@ -345,11 +542,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Validate recipes, sweeps and accelerate configs offline.")
     parser.add_argument("paths", nargs="*", default=["recipes"], help="files or folders (default: recipes)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors and the total")
+    parser.add_argument("--launcher", action="append", default=None, metavar="ACCELERATE_CONFIG",
+                        help="check recipes and sweeps against this accelerate config (repeatable; default: "
+                             "every accelerate config among the files validated)")
     args = parser.parse_args(argv)
     try:
         files = collect(args.paths)
+        launchers = args.launcher if args.launcher is not None else [f for f in files if kind_of(f) == "accelerate"]
         for f in files:
-            kind = validate_file(f)
+            kind = validate_file(f, launchers)
             if not args.quiet:
                 print(f"ok  {kind:11s} {f}")
     except ValidationError as err:

@@ -71,6 +71,15 @@ def base_model_key(name: str) -> str:
     return BASE_MODELS.get(name.lower(), path.name.lower() or name.lower())
 
 
+def recipe_chat_template(base_model: str) -> str | None:
+    """The chat template the recipes of base model ``base_model`` (e.g. ``merlinite-7b``) set, None where they
+    use the tokenizer's own: a base row is evaluated in the format its aligned runs were."""
+    from ..chat_templates import BASE_MODELS as TEMPLATES
+
+    info = TEMPLATES.get(base_model)
+    return info["template"] if info and info["set_in_recipe"] else None
+
+
 @dataclass
 class RunInfo:
     """A model to evaluate: a run folder of ``aot_handbook.run.train`` or a plain model (the base row)."""
@@ -93,6 +102,7 @@ class RunInfo:
     config_id: str | None = None  # the recipe and overrides without seed/output_dir: runs equal in it are seeds
     recipe_sha256: str | None = None
     complete: bool = True
+    chat_template: str | None = None  # the recipe's; for a base model, the one its recipes train with (None: the tokenizer's)
     recipe: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -100,8 +110,9 @@ class RunInfo:
         path_s = str(path).rstrip("/")
         run = Path(path_s)
         if not (run / "recipe.json").is_file():  # a base model (local folder or hub id): the paper's last row
+            key = base_model_key(path_s)
             return cls(path=path_s, name=run.name or path_s.replace("/", "--"), method="base", model=path_s,
-                       base_model=base_model_key(path_s))
+                       base_model=key, chat_template=recipe_chat_template(key))
         meta = json.loads((run / "recipe.json").read_text())
         recipe = with_overrides(meta.get("recipe", {}), meta.get("overrides") or [])
         start = recipe.get("model_name_or_path") or ""
@@ -122,7 +133,7 @@ class RunInfo:
             seed=recipe.get("seed"),
             recipe_path=meta.get("path"), recipe_name=Path(meta["path"]).stem if meta.get("path") else None,
             config_id=_config_id(recipe, meta.get("overrides") or []), recipe_sha256=sha256(run / "recipe.json"),
-            complete=(run / "run.json").is_file(), recipe=recipe,
+            complete=(run / "run.json").is_file(), chat_template=recipe.get("chat_template"), recipe=recipe,
         )
 
     def describe(self) -> dict:

@@ -68,7 +68,7 @@ def _alpaca_eval(run: RunInfo, recipe: dict, work: Path):
     judge = dict(recipe.get("judge") or {})
     label = judge.get("label", "gpt4")
     outputs = generate_outputs(run.model, work / "model_outputs.json", adapter=run.adapter, generator=run.name,
-                               **_generation_kwargs(recipe))
+                               chat_template=run.chat_template, **_generation_kwargs(recipe))
     reference = resolve_reference(judge.get("reference_outputs"))
     metrics = annotate(outputs, reference, judge, work / "alpaca_eval", name=run.name)
     scores = {f"alpaca_eval:{label}:win_rate": metrics["win_rate"],
@@ -79,7 +79,7 @@ def _alpaca_eval(run: RunInfo, recipe: dict, work: Path):
 
 
 def _lm_eval(run: RunInfo, recipe: dict, work: Path):
-    from .harness import OPEN_LLM_COLUMNS, run_lm_eval, write_tiny_tasks
+    from .harness import OPEN_LLM_COLUMNS, column_tasks, run_lm_eval, write_tiny_tasks
 
     cfg = dict(recipe.get("lm_eval") or {})
     include = cfg.pop("include_path", None)
@@ -89,7 +89,7 @@ def _lm_eval(run: RunInfo, recipe: dict, work: Path):
         rows = read_jsonl(ensure_tiny_assets(cfg.pop("tiny_assets", ".cache/tiny"))["eval_prompts"])
         include = str(write_tiny_tasks(work / "tasks", rows[: cfg.pop("tiny_rows", len(rows))]))
     columns = cfg.pop("columns", None) or OPEN_LLM_COLUMNS
-    tasks = cfg.pop("tasks", None) or sorted({c.split("/")[0] for c in columns.values()})
+    tasks = cfg.pop("tasks", None) or column_tasks(columns)
     scores, details = run_lm_eval(run.model, run.adapter, tasks=tasks, columns=columns, include_path=include, **cfg)
     return scores, details, None
 
