@@ -167,3 +167,79 @@ def test_a_dataset_smaller_than_one_batch_is_refused_before_the_model_loads(tiny
     with pytest.raises(RecipeError, match=r"train split has 3 row\(s\), fewer than one batch \(16"):
         train(path)
     assert not (tmp_path / "run").exists()
+
+
+# --- results follow the weights ------------------------------------------------------------------------------
+
+EVAL = Path(__file__).resolve().parents[1] / "recipes" / "eval" / "tiny.yaml"
+
+
+def _tiny_eval(tmp_path):
+    import yaml
+
+    recipe = yaml.safe_load(EVAL.read_text())
+    recipe["tiny_task"] = {**(recipe.get("tiny_task") or {}), "limit": 20, "batch_size": 20}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def _cell(results_dir, label="AOT paired", column="Accuracy"):
+    from aot_handbook.tables import render
+
+    grid = [line.split(" | ") for line in render("tiny", results_dir)["md"].read_text().splitlines()
+            if line.startswith("| ")]
+    return grid[[r[0].strip("| ") for r in grid].index(label)][[c.strip("| ") for c in grid[0]].index(column)].strip()
+
+
+def test_results_follow_the_weights(tiny, tmp_path, capsys):
+    from aot_handbook.evaluation import evaluate
+
+    assets = str(Path(tiny["base_model"]).parents[1])
+    path = _recipe(tmp_path, tiny, tiny_assets=assets, max_steps=2, learning_rate=1e-3)
+    out = train(path)
+    results, eval_recipe = tmp_path / "results", _tiny_eval(tmp_path)
+    first = json.loads(evaluate(str(out), eval_recipe, results_dir=results).read_text())
+    assert first["run"]["fingerprint"] == first["provenance"]["run_fingerprint"] == \
+        json.loads((out / "fingerprint.json").read_text())["sha256"]
+    assert first["run"]["dataset"] == "tiny" and _cell(results) != "-"
+
+    train(path, ["--learning_rate", "5e-3", "--overwrite_output_dir", "true"])  # the weights change
+    assert _cell(results) == "-"  # the old evaluation no longer fills the cell
+    assert "left out 1 stale result(s)" in capsys.readouterr().err
+    again = json.loads(evaluate(str(out), eval_recipe, results_dir=results).read_text())
+    assert again["run"]["fingerprint"] == json.loads((out / "fingerprint.json").read_text())["sha256"]
+    assert again["run"]["fingerprint"] != first["run"]["fingerprint"] and _cell(results) != "-"
+
+
+def test_a_tiny_recipe_on_other_data_is_not_the_tiny_task(tiny, tmp_path):
+    from aot_handbook.evaluation.common import RunInfo, save_result
+
+    assets = str(Path(tiny["base_model"]).parents[1])
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text(tiny["paired_train"].read_text())
+    results = tmp_path / "results"
+    for name, data in (("tiny-data", str(tiny["paired_train"])), ("my-data", str(mine))):
+        run = tmp_path / name
+        run.mkdir()
+        recipe = {"method": "aot_paired", "tiny_assets": assets, "model_name_or_path": str(tiny["base_model"]),
+                  "dataset_mixture": {"datasets": [{"data_files": {"train": data}}]}}
+        (run / "recipe.json").write_text(json.dumps({"path": f"recipes/{name}.yaml", "overrides": [],
+                                                     "recipe": recipe}))
+        info = RunInfo.from_path(run)
+        score = 50.0 if name == "tiny-data" else 99.0
+        save_result(info, {"name": "tiny", "kind": "tiny_task", "_path": "x", "_sha256": "x"},
+                    {"tiny:accuracy": score}, {}, results_dir=results)
+    assert RunInfo.from_path(tmp_path / "my-data").dataset == str(mine)
+    assert _cell(results) == "50.0"  # not the mean with the custom-data run, not an error
+
+
+def test_eval_of_a_run_folder_that_does_not_exist_is_an_error_and_writes_nothing(tmp_path, monkeypatch):
+    from aot_handbook.evaluation import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for missing in ("runs/tiny-dppo", "./runs/x", "nobody/no-such-model"):
+        with pytest.raises(ValueError, match=f"RUN: no such folder '{missing}'"):
+            evaluate(missing, str(EVAL), results_dir=tmp_path / "results")
+    assert not (tmp_path / "results").exists()

@@ -43,6 +43,8 @@ def check_model_path(name: str, key: str = "model_name_or_path") -> None:
         raise ValueError(f"{key}: '{name}' is a file, not a model folder or a hub id")
     elif not is_hub_id(name):
         raise ValueError(f"{key}: no such folder '{name}' (and it is not a hub id such as 'owner/name')")
+    elif "/" in name and Path(name.split("/")[0]).is_dir():  # runs/tiny-dpo: meant as a local path
+        raise ValueError(f"{key}: no such folder '{name}' (its parent folder '{name.split('/')[0]}' exists here)")
     elif os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         from huggingface_hub import try_to_load_from_cache
 
