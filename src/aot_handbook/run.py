@@ -170,7 +170,7 @@ def summarize(recipe: Recipe, trainer, data, out: Path) -> dict:
 OUTPUT_ONLY_KEYS = ("output_dir", "overwrite_output_dir", "logging_", "save_", "report_to", "run_name", "summary",
                     "disable_tqdm", "push_to_hub", "hub_", "resume_from_checkpoint", "log_level", "log_on_each_node",
                     "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor",
-                    "local_rank", "requires", "tiny_assets")
+                    "local_rank", "requires", "tiny_assets", "trackio_", "project", "skip_memory_metrics")
 
 
 def _output_only(key: str) -> bool:
@@ -202,7 +202,10 @@ def model_identity(name: str, revision: str | None = None) -> str:
 def fingerprint(recipe: Recipe, data) -> dict:
     """What determines a run's weights: the resolved config (every recipe, model and trainer argument, less
     OUTPUT_ONLY_KEYS), the train rows, and the base model. ``sha256`` over the three."""
-    config = {**dataclasses.asdict(recipe.recipe), **dataclasses.asdict(recipe.model), **recipe.training.to_dict()}
+    training = recipe.training.to_dict()  # values of *_token keys come masked; pad_token is no secret
+    training.update({k: getattr(recipe.training, k) for k, v in training.items() if v == f"<{k.upper()}>"
+                     and not _output_only(k)})
+    config = {**dataclasses.asdict(recipe.recipe), **dataclasses.asdict(recipe.model), **training}
     config = json.loads(json.dumps({k: v for k, v in sorted(config.items()) if not _output_only(k)}, default=str))
     identity = {"config": config, "data": data_fingerprint(data["train"]),
                 "model": model_identity(recipe.model.model_name_or_path, recipe.model.model_revision)}
@@ -303,7 +306,7 @@ def train(recipe_path: str, overrides: list[str] | None = None) -> Path:
     (out / "run.json").unlink(missing_ok=True)  # this folder is being rewritten
     if checkpoint is None:  # from scratch: no checkpoint of an earlier configuration may be resumed later
         for stale in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-            shutil.rmtree(stale)
+            shutil.rmtree(stale, ignore_errors=True)  # every rank may try: the first one wins
     write_json(out / "fingerprint.json", identity)
     write_json(out / "recipe.json", {"path": recipe.path, "overrides": recipe.overrides, "recipe": _redacted(recipe.raw)})
     if checkpoint:
