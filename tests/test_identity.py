@@ -204,6 +204,10 @@ def test_results_follow_the_weights(tiny, tmp_path, capsys):
         json.loads((out / "fingerprint.json").read_text())["sha256"]
     assert first["run"]["dataset"] == "tiny" and _cell(results) != "-"
 
+    before = {p: tree_digest(p) for p in (out, results, tiny["base_model"])}
+    with pytest.raises(RecipeError, match="learning_rate: 0.001 -> 0.005"):
+        train(path, ["--learning_rate", "5e-3"])
+    assert {p: tree_digest(p) for p in before} == before  # refused: run, results and source model untouched
     train(path, ["--learning_rate", "5e-3", "--overwrite_output_dir", "true"])  # the weights change
     assert _cell(results) == "-"  # the old evaluation no longer fills the cell
     assert "left out 1 stale result(s)" in capsys.readouterr().err
