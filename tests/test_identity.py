@@ -247,3 +247,17 @@ def test_eval_of_a_run_folder_that_does_not_exist_is_an_error_and_writes_nothing
         with pytest.raises(ValueError, match=f"RUN: no such folder '{missing}'"):
             evaluate(missing, str(EVAL), results_dir=tmp_path / "results")
     assert not (tmp_path / "results").exists()
+
+
+def test_a_model_that_fails_to_load_is_named(tiny, tmp_path):
+    """Past the parse-time check (e.g. online, a hub id that does not exist): the load error names the path."""
+    from trl import ModelConfig
+
+    from aot_handbook.configs import RecipeArguments
+    from aot_handbook.model_utils import load_model, load_tokenizer
+
+    with pytest.raises(ValueError, match="model_name_or_path: cannot load 'nobody/no-such-model'"):
+        load_model(ModelConfig(model_name_or_path="nobody/no-such-model"))
+    with pytest.raises(ValueError, match=f"tokenizer_name_or_path: cannot load '{tmp_path}'"):
+        load_tokenizer(ModelConfig(model_name_or_path=str(tiny["base_model"])),
+                       RecipeArguments(tokenizer_name_or_path=str(tmp_path)))

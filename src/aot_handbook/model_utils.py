@@ -55,10 +55,11 @@ def check_model_path(name: str, key: str = "model_name_or_path") -> None:
 
 @contextlib.contextmanager
 def _naming(name: str, key: str):
-    """A load that fails in transformers or the hub client (OSError) names the path the recipe gave."""
+    """A load that fails in transformers or the hub client (OSError; ValueError for a folder without a usable
+    tokenizer, which transformers blames on sentencepiece) names the path the recipe gave."""
     try:
         yield
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise ValueError(f"{key}: cannot load '{name}': {err}") from err
 
 
