@@ -72,7 +72,7 @@ class AOTArguments:
         if smoothing and self.aot_penalty != "logistic":
             raise ValueError(f"label_smoothing applies to aot_penalty: logistic only, not {self.aot_penalty!r}")
         if not (math.isfinite(self.aot_nll_weight) and self.aot_nll_weight >= 0):
-            raise ValueError(f"aot_nll_weight must be a finite number >= 0, got {self.aot_nll_weight}")
+            raise ValueError(f"aot_nll_weight must be >= 0 and finite, got {self.aot_nll_weight}")
         if not 0 < self.aot_positive_share < 1:
             raise ValueError(f"aot_positive_share must be in (0, 1), got {self.aot_positive_share}")
 
@@ -142,7 +142,7 @@ _NLL_HELP = ("Weight of an added NLL term on the chosen/positive completions (me
 
 def _check_nll_weight(weight: float) -> None:
     if not (math.isfinite(weight) and weight >= 0):
-        raise ValueError(f"nll_weight must be a finite number >= 0, got {weight}")
+        raise ValueError(f"nll_weight must be >= 0 and finite, got {weight}")
 
 
 @dataclass
