@@ -8,8 +8,10 @@ results/<run name>/<eval name>.json and prints a summary.
 
 import argparse
 import logging
+import sys
 
 from aot_handbook.evaluation import evaluate
+from aot_handbook.evaluation.pipeline import check_run_path
 
 
 def main(argv=None):
@@ -20,6 +22,10 @@ def main(argv=None):
     p.add_argument("--allow-incomplete", action="store_true", help="evaluate a run folder without run.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        check_run_path(args.run)
+    except ValueError as err:  # a RUN that is no run, model folder or hub id: one line, nothing written
+        sys.exit(f"error: {err}")
     evaluate(args.run, args.eval, results_dir=args.results_dir, allow_incomplete=args.allow_incomplete)
 
 

@@ -396,3 +396,56 @@ def test_conversational_wraps_plain_text_as_turns(tmp_path):
     assert row["prompt"] == [{"role": "user", "content": row["prompt"][0]["content"]}]
     assert row["completion"][0]["role"] == "assistant" and row["completion"][0]["content"].startswith("a")
     assert row["prompt"][0]["content"][1:] == row["completion"][0]["content"][1:]  # q<i> pairs with a<i>
+
+
+# --- issue 14: data mistakes that used to train silently -----------------------------------------------------
+
+
+def test_a_typo_on_our_side_of_columns_is_an_error(tmp_path):
+    rows = [{"question": f"q{i}", "chosen": f"q{i} yes", "rejected": f"q{i} no"} for i in range(2)]
+    with pytest.raises(ValueError, match=r"\.columns' maps their column 'question' to 'promt', which is none of ours"):
+        load(train_only(tmp_path, rows, columns={"promt": "question"}))
+
+
+def test_the_prompt_is_inferred_from_chosen_and_rejected_only_when_asked(tmp_path):
+    rows = [{"chosen": f"{i}+1={i + 1}", "rejected": f"{i}+1={i + 2}"} for i in range(2)]
+    with pytest.raises(ValueError, match=r"column 'prompt' missing for paired data.*or set infer_prompt: true"):
+        load(train_only(tmp_path, rows))
+    out = load(train_only(tmp_path, rows, infer_prompt=True))
+    assert sorted(out["train"]["prompt"]) == ["0+1=", "1+1="] and sorted(out["train"]["chosen"]) == ["1", "2"]
+
+
+def test_pairs_with_chosen_equal_to_rejected_are_dropped_or_refused(tmp_path, caplog):
+    rows = pairs(3)
+    rows[1]["rejected"] = rows[1]["chosen"]
+    with caplog.at_level(logging.WARNING, logger="aot_handbook.data"):
+        out = load(train_only(tmp_path, rows))
+    assert sorted(out["train"]["prompt"]) == ["p0", "p2"] and "1 row(s) with chosen == rejected; dropped" in caplog.text
+    same = [{"prompt": f"p{i}", "chosen": "x", "rejected": "x"} for i in range(3)]
+    with pytest.raises(ValueError, match=r"a\.jsonl\), split 'train': chosen equals rejected in every row \(3\)"):
+        load(train_only(tmp_path, same))
+
+
+def test_text_columns_read_as_text_whatever_the_file_infers(tmp_path):
+    path = tmp_path / "digits.csv"
+    path.write_text("prompt,chosen,rejected\n1+1=,02,3\n2+2=,4,5\n")
+    out = load({"data_files": {"train": str(path)}, "test_split": None})
+    assert sorted(out["train"]["chosen"]) == ["02", "4"]  # not 2 and 4, and no TypeError
+    rows = [{"prompt": "1+1=", "chosen": 2, "rejected": 3}, {"prompt": "2+2=", "chosen": 4, "rejected": 5}]
+    assert sorted(load(train_only(tmp_path, rows))["train"]["rejected"]) == ["3", "5"]
+
+
+def test_a_bad_jsonl_line_is_named_with_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in pairs(3)) + '{"prompt": "p", "chosen": "a",, }\n')
+    with pytest.raises(ValueError, match=rf"{path}, line 4: not valid JSON"):
+        load({"data_files": {"train": str(path)}, "test_split": None})
+
+
+def test_data_errors_name_the_file_of_the_split_at_fault(tmp_path):
+    test = jsonl(tmp_path / "test.jsonl", pairs(2))
+    train = jsonl(tmp_path / "train.jsonl", [{"prompt": "x", "chosen": "y"}])  # no rejected
+    spec = {"data_files": {"test": test, "train": train}}  # the test file listed first
+    with pytest.raises(ValueError, match=r"\(.*train\.jsonl\), split 'train': column 'rejected' missing") as err:
+        load(spec)
+    assert "test.jsonl" not in str(err.value)

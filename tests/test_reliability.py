@@ -39,8 +39,8 @@ def _recipe(tmp_path, tiny, **changes):
     ({"method": "orpo"}, "key 'method' must be one of"),
     ({"aot_penalty": "cubic"}, "aot_penalty: unknown penalty 'cubic'"),
     ({"aot_sort": "bogo"}, "aot_sort: unknown sort 'bogo'"),
-    ({"beta": 0.0}, "beta must be > 0"),
-    ({"beta": -0.1}, "beta must be > 0"),
+    ({"beta": 0.0}, "beta must be a finite number > 0"),
+    ({"beta": -0.1}, "beta must be a finite number > 0"),
 ])
 def test_bad_recipe_errors_name_key_and_file_before_loading(tiny, tmp_path, changes, message):
     path = _recipe(tmp_path, tiny, **changes)

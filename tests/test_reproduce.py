@@ -65,7 +65,7 @@ def test_bad_spec_is_an_error_naming_the_key(tmp_path, monkeypatch, edit, messag
 
 
 def _result(method, seed, win, *, nll=1.0, config="a"):
-    run = {"method": method, "seed": seed, "nll_weight": nll, "base_model": "tiny", "batch_size": 64,
+    run = {"method": method, "seed": seed, "nll_weight": nll, "base_model": "tiny", "dataset": "tiny", "batch_size": 64,
            "sort": "hard" if method.startswith("aot") else None, "penalty": "logistic" if method.startswith("aot") else None,
            "config_id": config, "name": f"{method}-{seed}", "recipe_path": "x"}
     return {"run": run, "scores": {"tiny:win_rate_vs_sft": win, "tiny:accuracy": win + 30}}

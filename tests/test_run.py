@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aot_handbook.run import is_complete, train
+from aot_handbook.run import RecipeError, is_complete, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,9 +44,13 @@ def test_make_train_default_runs_end_to_end(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "Summary (held-out data)" in printed and "task accuracy, aligned" in printed
 
-    # A second run with the SFT stage present does not retrain it.
+    # A second run with the SFT stage present does not retrain it; other settings go to another folder
+    # (the finished run is not retrained in place with them, see test_identity.py).
     sft_mtime = (Path("runs/tiny-sft") / "run.json").stat().st_mtime
-    train("recipes/tiny/aot_unpaired.yaml", ["--max_steps", "1", "--summary", "false"])
+    with pytest.raises(RecipeError, match=r"holds a finished run of another configuration; changed: max_steps: 4 -> 1"):
+        train("recipes/tiny/aot_unpaired.yaml", ["--max_steps", "1", "--summary", "false"])
+    train("recipes/tiny/aot_unpaired.yaml", ["--max_steps", "1", "--summary", "false", "--output_dir", "runs/other"])
+    assert is_complete("runs/other")
     assert (Path("runs/tiny-sft") / "run.json").stat().st_mtime == sft_mtime
 
 

@@ -118,7 +118,7 @@ def test_runs_of_different_configurations_are_never_averaged():
     from aot_handbook.tables import build, table_spec
 
     def result(name, config_id, recipe_name, acc, seed=0):
-        run = {"name": name, "method": "sft", "base_model": "tiny", "recipe_name": recipe_name,
+        run = {"name": name, "method": "sft", "base_model": "tiny", "dataset": "tiny", "recipe_name": recipe_name,
                "config_id": config_id, "recipe_path": f"recipes/tiny/{recipe_name}.yaml", "seed": seed}
         return {"run": run, "scores": {"tiny:accuracy": acc}}
 

@@ -351,7 +351,7 @@ def sweep_runs(seeds=(0, 1), steps: int = 20, out_root: str = "/tmp/bench_probe/
         for method in SWEEP_METHODS:
             recipe = f"recipes/tiny/{'aot_paired' if method.startswith('aot') else method}.yaml"
             over = ["--seed", str(seed), "--max_steps", str(steps), "--summary", "false", "--logging_steps", "1",
-                    "--output_dir", f"{out_root}/{method}-s{seed}"]
+                    "--output_dir", f"{out_root}/{method}-s{seed}", "--overwrite_output_dir", "true"]  # a rerun retrains
             if method == "aot_unpaired_paired_data":  # AOT unpaired on paired rows (AOTTrainer)
                 over = ["--method", "aot_unpaired", *over]
             runs.append((recipe, over))

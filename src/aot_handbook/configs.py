@@ -9,6 +9,7 @@ the recipe file, raised before any model or dataset loads.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tempfile
 import types
@@ -58,10 +59,20 @@ class AOTArguments:
             raise ValueError("aot_sort_regularization / aot_sort_iterations apply to soft sorts only")
         if self.aot_sort_iterations is not None and self.aot_sort != "soft":
             raise ValueError("aot_sort_iterations applies to aot_sort: soft (Sinkhorn) only")
-        if not self.beta > 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        if self.aot_nll_weight < 0:
-            raise ValueError(f"aot_nll_weight must be >= 0, got {self.aot_nll_weight}")
+        reg = self.aot_sort_regularization
+        if reg is not None and not (math.isfinite(reg) and reg > 0):
+            raise ValueError(f"aot_sort_regularization must be a finite number > 0, got {reg}")
+        if self.aot_sort_iterations is not None and self.aot_sort_iterations < 1:
+            raise ValueError(f"aot_sort_iterations must be >= 1, got {self.aot_sort_iterations}")
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"beta must be a finite number > 0, got {self.beta}")
+        smoothing = getattr(self, "label_smoothing", 0.0)
+        if not 0 <= smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {smoothing}")
+        if smoothing and self.aot_penalty != "logistic":
+            raise ValueError(f"label_smoothing applies to aot_penalty: logistic only, not {self.aot_penalty!r}")
+        if not (math.isfinite(self.aot_nll_weight) and self.aot_nll_weight >= 0):
+            raise ValueError(f"aot_nll_weight must be >= 0 and finite, got {self.aot_nll_weight}")
         if not 0 < self.aot_positive_share < 1:
             raise ValueError(f"aot_positive_share must be in (0, 1), got {self.aot_positive_share}")
 
@@ -130,8 +141,8 @@ _NLL_HELP = ("Weight of an added NLL term on the chosen/positive completions (me
 
 
 def _check_nll_weight(weight: float) -> None:
-    if not weight >= 0:
-        raise ValueError(f"nll_weight must be >= 0, got {weight}")
+    if not (math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"nll_weight must be >= 0 and finite, got {weight}")
 
 
 @dataclass
@@ -177,6 +188,11 @@ class RecipeArguments:
         default=None, metadata={"help": "Build the offline tiny model and task into this folder if missing."}
     )
     summary: bool = field(default=True, metadata={"help": "Evaluate on the test split and print a summary at the end."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train from scratch into output_dir even if it holds a finished run or checkpoints of "
+                          "another configuration (they are deleted). The flag transformers < 5 had, kept here."},
+    )
 
 
 # method -> (trainer config class, data format it needs, TRL loss_type it sets)
@@ -204,11 +220,15 @@ class Recipe:
 def _read_yaml(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"recipe file not found: {path}")
-    with open(path) as f:
-        try:
-            config = yaml.safe_load(f)
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML: {err}") from err
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: a recipe must be UTF-8 text (byte {err.start} is not): is this the right file?") \
+            from None
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(config, dict):
         raise ValueError(f"{path}: a recipe must be a YAML mapping of keys to values")
     return config
@@ -221,6 +241,30 @@ def _method_from(args: list[str], config: dict, path: str) -> str:
     if method not in METHODS:
         raise ValueError(f"{path}: key 'method' must be one of {sorted(METHODS)}, got {method!r}")
     return method
+
+
+def _check_overrides(overrides: list[str], path: str) -> None:
+    """``--key value`` pairs: a key given twice is a mistake (argparse would silently keep the last)."""
+    keys = [o[2:].split("=", 1)[0] for o in overrides if o.startswith("--")]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"{path}: override(s) given more than once: {['--' + k for k in twice]}")
+
+
+def _check_values(method: str, args, path: str) -> None:
+    """Ranges the trainer configs do not check (or check only once training has started)."""
+    lr = args.learning_rate
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"{path}: key 'learning_rate' must be a finite number > 0, got {lr}")
+    # unpaired AOT needs a positive and a negative in every batch; TRL's KTO estimates its KL term from the batch
+    least = 2 if method in ("aot_unpaired", "kto") else 1
+    for key, low in (("per_device_train_batch_size", least), ("per_device_eval_batch_size", 1),
+                     ("gradient_accumulation_steps", 1)):
+        if getattr(args, key) < low:
+            why = f" for method {method!r}" if low > 1 else ""
+            raise ValueError(f"{path}: key {key!r} must be >= {low}{why}, got {getattr(args, key)}")
+    if method != "sft" and not (math.isfinite(args.beta) and args.beta > 0):
+        raise ValueError(f"{path}: key 'beta' must be a finite number > 0, got {args.beta}")
 
 
 def _check_types(classes: list[type], values: dict, path: str) -> None:
@@ -247,6 +291,7 @@ def parse_recipe(path: str, overrides: list[str] | None = None, *, config_class:
     """Parse a recipe YAML plus ``--key value`` overrides; raise naming the key and the file."""
     overrides = list(overrides or [])
     raw = _read_yaml(path)
+    _check_overrides(overrides, path)
     method = _method_from(overrides, raw, path)
     config_class = config_class or METHODS[method][0]
     loss_type = METHODS[method][2]
@@ -290,4 +335,5 @@ def parse_recipe(path: str, overrides: list[str] | None = None, *, config_class:
         raise ValueError(f"{path}: key 'dataset_mixture' is required")
     if not model_args.model_name_or_path:
         raise ValueError(f"{path}: key 'model_name_or_path' is required")
+    _check_values(method, training_args, path)
     return Recipe(path, method, recipe_args, model_args, training_args, merged, overrides)

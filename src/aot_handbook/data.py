@@ -9,12 +9,15 @@ takes them: the trainers apply chat templates. Keys of one dataset entry (defaul
     name, revision, train_split, test_split       # test_split: null = this dataset has none
     weight: 0.5                                   # share (0, 1] of the train split kept, after a seeded shuffle
     columns: {prompt: question}                   # OUR column name <- THEIR column name
+    infer_prompt: false                           # paired data without a prompt column: true = take the
+                                                  # common prefix of chosen and rejected as the prompt (TRL)
     binarize: {score: [helpfulness, coherence], threshold: median}  # label = sum of scores > threshold
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +84,7 @@ class DatasetSpec:
     columns: dict[str, str] | None = None
     binarize: dict[str, Any] | None = None
     conversational: bool = False  # wrap plain text as user/assistant turns, so the chat template applies
+    infer_prompt: bool = False  # no prompt column: the common prefix of chosen and rejected is the prompt
 
     @property
     def title(self) -> str:
@@ -91,7 +95,7 @@ class DatasetSpec:
         opt = lambda t: (t, NONE)  # noqa: E731
         types = {"path": opt(str), "name": opt(str), "revision": opt(str), "data_files": opt(dict),
                  "train_split": str, "test_split": opt(str), "weight": (int, float), "columns": opt(dict),
-                 "binarize": opt(dict), "conversational": bool}
+                 "binarize": opt(dict), "conversational": bool, "infer_prompt": bool}
         spec = cls(**_check_keys(d, where, source, types))
         bad = lambda key, why: ValueError(f"{source}: '{where}{key}' {why}")  # noqa: E731
         if not 0 < spec.weight <= 1:
@@ -120,11 +124,42 @@ class DatasetSpec:
             t = spec.binarize["threshold"]
             if t != "median" and (isinstance(t, bool) or not isinstance(t, (int, float))):
                 raise bad(".binarize.threshold", f"must be \"median\" or a number, got {t!r}")
+        ours = {c for cols in FORMATS.values() for c in cols} | set(_as_list((spec.binarize or {}).get("score", [])))
+        for name in spec.columns or {}:  # a typo on our side would silently drop their column
+            if name not in ours:
+                raise bad(".columns", f"maps their column '{spec.columns[name]}' to '{name}', which is none of ours "
+                                      f"({sorted(ours)}); the mapping is `our_name: their_name`")
         return spec
 
 
 def _spec_files(spec: DatasetSpec) -> list[str]:
     return [f for files in spec.data_files.values() for f in _as_list(files)]
+
+
+def _split_title(spec: DatasetSpec, split: str) -> str:
+    """The files of one split (what a message about that split names), else the dataset's title."""
+    files = (spec.data_files or {}).get(split)
+    return ", ".join(_as_list(files)) if files and spec.path is None else spec.title
+
+
+def _bad_json_line(files: list[str]) -> str | None:
+    """The first line of a JSON Lines file that does not parse: 'file, line N: why' (datasets names neither)."""
+    for name in files:
+        for path in sorted(glob.glob(name)):
+            if Path(path).suffix.lower() == ".json":
+                try:
+                    json.loads(Path(path).read_text(encoding="utf-8"))
+                    continue
+                except ValueError:
+                    pass  # not one JSON document: datasets reads it as JSON Lines, so check its lines
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for number, line in enumerate(f, 1):
+                    try:
+                        if line.strip():
+                            json.loads(line)
+                    except ValueError as err:
+                        return f"{path}, line {number}: not valid JSON ({err})"
+    return None
 
 
 @dataclass
@@ -164,8 +199,34 @@ def _load_split(spec: DatasetSpec, split: str, where: str) -> datasets.Dataset:
         raise ValueError(f"{where}: split '{split}' not found; available splits: {sorted(available)}{hint}")
     if spec.path is None:
         builder = BUILDERS[Path(_spec_files(spec)[0]).suffix.lower()]
-        return datasets.load_dataset(builder, data_files={split: spec.data_files[split]}, split=split)
+        kwargs = {}
+        if builder == "csv":  # text stays text: '007' or '42' must not become a number
+            kwargs["converters"] = {theirs: str for theirs in _their_text_columns(spec)}
+        try:
+            return datasets.load_dataset(builder, data_files={split: spec.data_files[split]}, split=split, **kwargs)
+        except Exception as err:
+            culprit = _bad_json_line(_as_list(spec.data_files[split])) if builder == "json" else None
+            if culprit or isinstance(err, datasets.exceptions.DatasetGenerationError):
+                raise ValueError(f"{where}: {culprit or f'cannot read split {split!r}: {err.__cause__ or err}'}") \
+                    from err
+            raise
     return datasets.load_dataset(spec.path, spec.name, revision=spec.revision, data_files=spec.data_files, split=split)
+
+
+def _their_text_columns(spec: DatasetSpec) -> list[str]:
+    mapping = spec.columns or {}
+    return [mapping.get(c, c) for c in TEXT_COLUMNS]
+
+
+def _text_as_text(ds: datasets.Dataset, at: str) -> datasets.Dataset:
+    """A text column the file's type inference read as numbers (JSON 42, CSV from a hub folder) becomes text."""
+    for c in TEXT_COLUMNS:
+        feature = ds.features.get(c)
+        if isinstance(feature, datasets.Value) and feature.dtype not in ("string", "large_string"):
+            if feature.dtype != "null":
+                logger.warning("%s: column '%s' was read as %s; using it as text", at, c, feature.dtype)
+            ds = ds.cast_column(c, datasets.Value("string"))
+    return ds
 
 
 def _is_conversational(feature) -> bool | None:
@@ -190,7 +251,7 @@ def _rename_and_binarize(ds: datasets.Dataset, spec: DatasetSpec, cut: float | N
         if theirs not in ds.column_names:
             raise ValueError(f"{at}: column '{theirs}' (mapped to '{ours}') not found; {present}")
     ds = ds.remove_columns([c for c in mapping if c in ds.column_names and c not in mapping.values()])
-    ds = ds.rename_columns({theirs: ours for ours, theirs in mapping.items() if theirs != ours})
+    ds = _text_as_text(ds.rename_columns({theirs: ours for ours, theirs in mapping.items() if theirs != ours}), at)
     if not spec.binarize:
         return ds, cut
     cols = _as_list(spec.binarize["score"])
@@ -214,7 +275,7 @@ def _as_turns(row: dict) -> dict:
 
 
 def _to_own_format(ds: datasets.Dataset, target: str, drop_empty: bool, at: str,
-                   conversational: bool = False) -> tuple[datasets.Dataset, str]:
+                   conversational: bool = False, infer_prompt: bool = False) -> tuple[datasets.Dataset, str]:
     """Check the columns, keep only those of the data's own format, validate labels and text."""
     cols = set(ds.column_names)
     if target == "paired" and "label" in cols and not {"chosen", "rejected"} <= cols:
@@ -222,10 +283,11 @@ def _to_own_format(ds: datasets.Dataset, target: str, drop_empty: bool, at: str,
                          "responses to the same prompt. Use aot_unpaired or kto.")
     kind = ("paired" if target == "paired" or {"chosen", "rejected"} <= cols
             else "unpaired" if target != "sft" or "label" in cols else "sft")
-    for c in FORMATS[kind]:  # a paired prompt may be implicit in chosen/rejected: TRL extracts it below
-        if c not in cols and not (kind == "paired" and c == "prompt"):
+    for c in FORMATS[kind]:  # a paired prompt may be implicit in chosen/rejected, if the recipe says so
+        if c not in cols and not (kind == "paired" and c == "prompt" and infer_prompt):
+            hint = " or set infer_prompt: true" if kind == "paired" and c == "prompt" else ""
             raise ValueError(f"{at}: column '{c}' missing for {kind} data; columns present: {sorted(cols)} "
-                             "(map names with `columns:`)")
+                             f"(map names with `columns:`{hint})")
     if kind == "paired" and ("prompt" not in cols or (_is_conversational(ds.features["chosen"])
                                                       and not _is_conversational(ds.features["prompt"]))):
         # the prompt is implicit, e.g. ultrafeedback_binarized: a plain prompt column, but chosen/rejected are
@@ -249,6 +311,14 @@ def _to_own_format(ds: datasets.Dataset, target: str, drop_empty: bool, at: str,
         if not drop_empty:
             raise ValueError(msg + "; drop_empty is false")
         logger.warning(msg + "; dropped")
+    if kind == "paired":  # a pair with the same answer twice teaches nothing and reads as a tie
+        distinct = kept.filter(lambda chosen, rejected: chosen != rejected, input_columns=["chosen", "rejected"])
+        if len(distinct) == 0:
+            raise ValueError(f"{at}: chosen equals rejected in every row ({len(kept)}): no preference to learn; "
+                             "are the columns mapped right?")
+        if len(distinct) < len(kept):
+            logger.warning("%s: %d row(s) with chosen == rejected; dropped", at, len(kept) - len(distinct))
+        kept = distinct
     return kept, kind
 
 
@@ -290,9 +360,9 @@ def load_mixture(mixture: DatasetMixture, *, target: str) -> datasets.DatasetDic
         where, cut = f"dataset_mixture.datasets[{i}] ({spec.title})", None
         for key, split in (("train", spec.train_split), ("test", spec.test_split)):
             if split is not None:  # train comes first, so its score cut is reused for test
-                at = f"{where}, split '{split}'"
-                ds, cut = _rename_and_binarize(_load_split(spec, split, where), spec, cut, at)
-                ds, kind = _to_own_format(ds, target, mixture.drop_empty, at, spec.conversational)
+                at = f"dataset_mixture.datasets[{i}] ({_split_title(spec, split)}), split '{split}'"
+                ds, cut = _rename_and_binarize(_load_split(spec, split, at), spec, cut, at)
+                ds, kind = _to_own_format(ds, target, mixture.drop_empty, at, spec.conversational, spec.infer_prompt)
                 if key == "train" and spec.weight < 1:  # round, not int(): 0.29 * 100 = 28.999...
                     ds = ds.shuffle(seed=mixture.seed).select(range(round(spec.weight * len(ds))))
                 parts.append((where, key, ds, kind))

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+from pathlib import Path
+
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from accelerate import PartialState
@@ -10,11 +15,58 @@ from trl import ModelConfig, get_quantization_config
 from .configs import RecipeArguments
 
 
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.safetensors.index.json", "*.bin.index.json")
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
+
+
+def is_hub_id(name: str) -> bool:
+    """``owner/name`` or ``name`` as the hub spells them (a path like ``./x``, ``/x`` or ``a/b/c`` is not one)."""
+    return bool(HUB_ID.fullmatch(name)) and ".." not in name and not name.endswith(".")
+
+
+def weight_files(folder: str | Path) -> list[Path]:
+    return sorted(p for pattern in WEIGHT_FILES for p in Path(folder).glob(pattern) if p.is_file())
+
+
+def check_model_path(name: str, key: str = "model_name_or_path") -> None:
+    """A model is an existing folder with a config and weights (or a PEFT adapter), or a plausible hub id;
+    anything else fails here, naming the path, instead of as a hub connection error after other work."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if (path / "adapter_config.json").is_file():
+            return
+        missing = [what for what, ok in (("config.json", (path / "config.json").is_file()),
+                                         ("weight files", bool(weight_files(path)))) if not ok]
+        if missing:
+            raise ValueError(f"{key}: folder '{name}' is not a model: no {' and no '.join(missing)} in it")
+    elif path.exists():
+        raise ValueError(f"{key}: '{name}' is a file, not a model folder or a hub id")
+    elif not is_hub_id(name):
+        raise ValueError(f"{key}: no such folder '{name}' (and it is not a hub id such as 'owner/name')")
+    elif "/" in name and Path(name.split("/")[0]).is_dir():  # runs/tiny-dpo: meant as a local path
+        raise ValueError(f"{key}: no such folder '{name}' (its parent folder '{name.split('/')[0]}' exists here)")
+    elif os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ValueError(f"{key}: no such folder '{name}', and no hub model '{name}' in the local cache "
+                             "(HF_HUB_OFFLINE is set)")
+
+
+@contextlib.contextmanager
+def _naming(name: str, key: str):
+    """A load that fails in transformers or the hub client (OSError; ValueError for a folder without a usable
+    tokenizer, which transformers blames on sentencepiece) names the path the recipe gave."""
+    try:
+        yield
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{key}: cannot load '{name}': {err}") from err
+
+
 def load_tokenizer(model_args: ModelConfig, recipe_args: RecipeArguments):
-    tokenizer = AutoTokenizer.from_pretrained(
-        recipe_args.tokenizer_name_or_path or model_args.model_name_or_path,
-        revision=model_args.model_revision,
-    )
+    name = recipe_args.tokenizer_name_or_path or model_args.model_name_or_path
+    with _naming(name, "tokenizer_name_or_path" if recipe_args.tokenizer_name_or_path else "model_name_or_path"):
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=model_args.model_revision)
     if recipe_args.chat_template:
         tokenizer.chat_template = recipe_args.chat_template
     if tokenizer.pad_token is None:  # Llama/Mistral ship none; padding is masked out, so EOS is safe
@@ -25,17 +77,16 @@ def load_tokenizer(model_args: ModelConfig, recipe_args: RecipeArguments):
 def load_model(model_args: ModelConfig, *, for_reference: bool = False):
     quantization = get_quantization_config(model_args)
     dtype = model_args.dtype
-    model = AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        attn_implementation=model_args.attn_implementation,
-        dtype=dtype if dtype in (None, "auto") else getattr(torch, dtype),
-        quantization_config=quantization,
-        # k-bit weights must be placed at load time: each process on its own device
-        device_map={"": PartialState().local_process_index} if quantization is not None else None,
-    )
+    with _naming(model_args.model_name_or_path, "model_name_or_path"):
+        model = AutoModelForCausalLM.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            attn_implementation=model_args.attn_implementation,
+            dtype=dtype if dtype in (None, "auto") else getattr(torch, dtype),
+            quantization_config=quantization,
+            # k-bit weights must be placed at load time: each process on its own device
+            device_map={"": PartialState().local_process_index} if quantization is not None else None,
+        )
     if for_reference:
         model.eval().requires_grad_(False)
     return model
-
-

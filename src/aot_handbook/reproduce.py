@@ -103,6 +103,17 @@ def _stamp(grid: Grid, run: SweepRun) -> dict:
             "args": [*run.args, *grid.late]}
 
 
+def _late_wins(args: list[str], late: list[str]) -> list[str]:
+    """The run's ``--key value`` arguments less the keys ``late`` sets, then ``late`` (train refuses a key
+    given twice)."""
+    keys, kept, skip = {a for a in late if a.startswith("--")}, [], False
+    for a in args:
+        skip = a in keys if a.startswith("--") else skip
+        if not skip:
+            kept.append(a)
+    return [*kept, *late]
+
+
 def _trained(grid: Grid, run: SweepRun) -> bool:
     from .run import is_complete
 
@@ -139,7 +150,7 @@ def run_grid(grid: Grid, *, only: str | None = None) -> list[str]:
                 if not trained:
                     (Path(run.output_dir) / "run.json").unlink(missing_ok=True)
                     write_json(Path(run.output_dir) / "reproduce.json", _stamp(grid, run))
-                    train(run.base, [*run.args, *grid.late])
+                    train(run.base, _late_wins(run.args, grid.late))
                 evaluate(run.output_dir, grid.evaluation, results_dir=grid.results_dir)
         except Exception:  # one bad cell must not lose the others; the log says why
             failed.append(run.name)

@@ -1,16 +1,23 @@
 """One training run from a recipe: recipe -> data + model -> trainer -> run folder -> summary.
 
 A run folder holds the weights (or LoRA adapter) and tokenizer, ``recipe.yaml`` (the recipe
-as run, with overrides), ``log_history.json``, ``metrics.json`` with the held-out summary,
-quantile plots, and last ``run.json``: a run without ``run.json`` is not complete.
+as run, with overrides), ``fingerprint.json`` (what determines the weights, see ``fingerprint``),
+``log_history.json``, ``metrics.json`` with the held-out summary, quantile plots, and last
+``run.json``: a run without ``run.json`` is not complete.
+
+A folder is never reused for other weights without being asked: resuming from its checkpoints,
+or retraining a finished run, needs the same fingerprint, or ``--overwrite_output_dir true``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -22,7 +29,7 @@ from trl import SFTTrainer, get_peft_config
 from .configs import METHODS, AOTUnpairedConfig, Recipe, parse_recipe
 from .data import DatasetMixture, load_mixture
 from .heldout import paired_statistics
-from .model_utils import load_model, load_tokenizer
+from .model_utils import check_model_path, load_model, load_tokenizer, weight_files
 from .plots import quantile_plot
 from .trainer import AOTTrainer, HandbookDPOTrainer, HandbookKTOTrainer, UnpairedAOTTrainer
 
@@ -88,15 +95,25 @@ def _is_unpaired(dataset) -> bool:
     return "label" in dataset.column_names and "chosen" not in dataset.column_names
 
 
-def build_trainer(recipe: Recipe):
-    """Data, model, reference and the method's TRL-based trainer, all from the recipe."""
-    method, args = recipe.method, recipe.training
+def load_data(recipe: Recipe):
+    """The recipe's data in its method's format (and, for truly unpaired rows, the recipe parsed for the
+    KTO-based trainer); refused when the train split is smaller than one batch."""
     mixture = DatasetMixture.from_dict(recipe.recipe.dataset_mixture, source=recipe.path)
-    data = load_mixture(mixture, target=METHODS[method][1])
-    if method == "aot_unpaired" and _is_unpaired(data["train"]):
-        # Truly unpaired rows: the same recipe, parsed for the KTO-based trainer.
+    data = load_mixture(mixture, target=METHODS[recipe.method][1])
+    if recipe.method == "aot_unpaired" and _is_unpaired(data["train"]):
         recipe = parse_recipe(recipe.path, recipe.overrides, config_class=AOTUnpairedConfig)
-        args = recipe.training
+    batch = recipe.training.per_device_train_batch_size * recipe.training.world_size
+    if len(data["train"]) < batch:
+        raise ValueError(f"dataset_mixture: the train split has {len(data['train'])} row(s), fewer than one batch "
+                         f"({batch} = per_device_train_batch_size x processes): it would train on repeats")
+    return recipe, data
+
+
+def build_trainer(recipe: Recipe, data=None):
+    """Data, model, reference and the method's TRL-based trainer, all from the recipe."""
+    if data is None:
+        recipe, data = load_data(recipe)
+    method, args = recipe.method, recipe.training
     tokenizer = load_tokenizer(recipe.model, recipe.recipe)
     model = load_model(recipe.model)
     peft = get_peft_config(recipe.model)
@@ -148,10 +165,122 @@ def summarize(recipe: Recipe, trainer, data, out: Path) -> dict:
     return summary
 
 
+# Keys that change what a run writes or prints, not its weights: left out of the fingerprint, so a run may
+# resume or be recognised as done with other values of them. (Prefixes end with "_".)
+OUTPUT_ONLY_KEYS = ("output_dir", "overwrite_output_dir", "logging_", "save_", "report_to", "run_name", "summary",
+                    "disable_tqdm", "push_to_hub", "hub_", "resume_from_checkpoint", "log_level", "log_on_each_node",
+                    "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor",
+                    "local_rank", "requires", "tiny_assets", "trackio_", "project", "skip_memory_metrics")
+
+
+def _output_only(key: str) -> bool:
+    return any(key.startswith(k) if k.endswith("_") else key == k for k in OUTPUT_ONLY_KEYS)
+
+
+def data_fingerprint(dataset) -> str:
+    """sha256 of the train rows as the trainer gets them (content and order, after every mapping and shuffle)."""
+    digest = hashlib.sha256()
+    for batch in dataset.with_format("arrow").iter(batch_size=4096):
+        digest.update(json.dumps(batch.to_pylist(), sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def model_identity(name: str, revision: str | None = None) -> str:
+    """The base model: a run of ours by its fingerprint; another local folder by its config and the names,
+    sizes and modification times of its weight files; a hub id by id and revision."""
+    path = Path(name)
+    if (path / "fingerprint.json").is_file() and is_complete(path):
+        return "run:" + json.loads((path / "fingerprint.json").read_text())["sha256"]
+    if path.is_dir():
+        config = path / ("adapter_config.json" if (path / "adapter_config.json").is_file() else "config.json")
+        files = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in weight_files(path)]
+        blob = json.dumps([config.read_text() if config.is_file() else None, files])
+        return "folder:" + hashlib.sha256(blob.encode()).hexdigest()
+    return f"hub:{name}@{revision or 'main'}"
+
+
+def fingerprint(recipe: Recipe, data) -> dict:
+    """What determines a run's weights: the resolved config (every recipe, model and trainer argument, less
+    OUTPUT_ONLY_KEYS), the train rows, and the base model. ``sha256`` over the three."""
+    training = recipe.training.to_dict()  # values of *_token keys come masked; pad_token is no secret
+    training.update({k: getattr(recipe.training, k) for k, v in training.items() if v == f"<{k.upper()}>"
+                     and not _output_only(k)})
+    config = {**dataclasses.asdict(recipe.recipe), **dataclasses.asdict(recipe.model), **training}
+    config = json.loads(json.dumps({k: v for k, v in sorted(config.items()) if not _output_only(k)}, default=str))
+    identity = {"config": config, "data": data_fingerprint(data["train"]),
+                "model": model_identity(recipe.model.model_name_or_path, recipe.model.model_revision)}
+    blob = json.dumps(identity, sort_keys=True).encode()
+    return {"sha256": hashlib.sha256(blob).hexdigest(), **identity}
+
+
+def fingerprint_changes(old: dict, new: dict) -> list[str]:
+    """What differs, for the error message: config keys (old -> new), the data, the base model."""
+    keys = sorted(set(old.get("config", {})) | set(new["config"]))
+    changes = [f"{k}: {old.get('config', {}).get(k)!r} -> {new['config'].get(k)!r}"
+               for k in keys if old.get("config", {}).get(k) != new["config"].get(k)]
+    if old.get("data") != new["data"]:
+        changes.append("the train data (dataset_mixture rows)")
+    if old.get("model") != new["model"]:
+        changes.append(f"the base model ({old.get('model')} -> {new['model']})")
+    return changes
+
+
+def _read_fingerprint(out: Path) -> dict | None:
+    try:
+        return json.loads((out / "fingerprint.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_paths(recipe: Recipe) -> None:
+    """Before anything loads: the model path names a model, and output_dir would overwrite no input
+    (the model, the tokenizer, a ``requires`` run)."""
+    out = Path(recipe.training.output_dir).resolve()
+    required = {Path(parse_recipe(r).training.output_dir).resolve(): r for r in recipe.recipe.requires or []}
+    assets = Path(recipe.recipe.tiny_assets).resolve() if recipe.recipe.tiny_assets else None
+    inputs = {"model_name_or_path": recipe.model.model_name_or_path,
+              "tokenizer_name_or_path": recipe.recipe.tokenizer_name_or_path}
+    for key, name in inputs.items():
+        if name and Path(name).exists():
+            source = Path(name).resolve()
+            if out == source or source in out.parents:
+                raise ValueError(f"{recipe.path}: output_dir '{recipe.training.output_dir}' is {key} '{name}' or "
+                                 "inside it: training would overwrite the model it starts from")
+    for source, r in required.items():
+        if out == source or source in out.parents:
+            raise ValueError(f"{recipe.path}: output_dir '{recipe.training.output_dir}' is the output of the "
+                             f"required run {r} or inside it")
+    for key, name in inputs.items():  # a model this call builds first (requires, tiny assets) is not there yet
+        source = Path(name).resolve() if name else None
+        pending = source in required or (assets is not None and source is not None and assets in source.parents)
+        if name and not pending:
+            try:
+                check_model_path(name, key)
+            except ValueError as err:
+                raise ValueError(f"{recipe.path}: {err}") from None
+
+
+def resume_decision(out: Path, identity: dict, overwrite: bool) -> str | None:
+    """``"done"`` (a finished run of this fingerprint), a checkpoint to resume from, or None (from scratch).
+    Refuses, naming what changed, to resume or replace another configuration's run unless ``overwrite``."""
+    finished, checkpoint = is_complete(out), last_complete_checkpoint(out) if out.is_dir() else None
+    if overwrite or not (finished or checkpoint):
+        return None
+    old = _read_fingerprint(out)
+    if old is not None and old.get("sha256") == identity["sha256"]:
+        return "done" if finished else checkpoint
+    what = "a finished run" if finished else f"checkpoint {Path(checkpoint).name}"
+    changes = fingerprint_changes(old, identity) if old else ["no fingerprint.json (written by an older version)"]
+    raise ValueError(f"output_dir '{out}' holds {what} of another configuration; changed: {'; '.join(changes)}. "
+                     "Choose another output_dir, or pass --overwrite_output_dir true to train from scratch "
+                     "(the folder's checkpoints and run.json are deleted)")
+
+
 def train(recipe_path: str, overrides: list[str] | None = None) -> Path:
     """Train one recipe (and, first, any recipe it ``requires`` whose run is missing)."""
     with recipe_errors():
         recipe = parse_recipe(recipe_path, overrides)  # every key checked before anything loads
+        check_paths(recipe)
     if recipe.recipe.tiny_assets:
         from .tiny import ensure_tiny_assets
 
@@ -164,12 +293,22 @@ def train(recipe_path: str, overrides: list[str] | None = None) -> Path:
             train(required)
     out = Path(recipe.training.output_dir)
     started = time.time()
-    with recipe_errors():  # data files, columns, model path, and the trainers' own argument checks
-        recipe, data, trainer = build_trainer(recipe)
+    with recipe_errors():  # data files and columns, the folder's own run, model path, the trainers' own checks
+        recipe, data = load_data(recipe)
+        identity = fingerprint(recipe, data)
+        checkpoint = resume_decision(out, identity, recipe.recipe.overwrite_output_dir)
+        if checkpoint == "done":
+            print(f"[aot-handbook] {out} is a finished run of this configuration: nothing to do "
+                  "(--overwrite_output_dir true retrains it)")
+            return out
+        recipe, data, trainer = build_trainer(recipe, data)
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.json").unlink(missing_ok=True)  # this folder is being rewritten
+    if checkpoint is None:  # from scratch: no checkpoint of an earlier configuration may be resumed later
+        for stale in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # every rank may try: the first one wins
+    write_json(out / "fingerprint.json", identity)
     write_json(out / "recipe.json", {"path": recipe.path, "overrides": recipe.overrides, "recipe": _redacted(recipe.raw)})
-    checkpoint = last_complete_checkpoint(out)
     if checkpoint:
         print(f"[aot-handbook] resuming from {checkpoint}")
     trainer.train(resume_from_checkpoint=checkpoint)
@@ -181,7 +320,8 @@ def train(recipe_path: str, overrides: list[str] | None = None) -> Path:
     summary["train_seconds"] = round(time.time() - started, 1)
     summary["run_dir"] = str(out)
     write_json(out / "metrics.json", summary)
-    write_json(out / "run.json", {"method": recipe.method, "recipe": recipe.path, "completed": time.time()})
+    write_json(out / "run.json", {"method": recipe.method, "recipe": recipe.path, "completed": time.time(),
+                                  "fingerprint": identity["sha256"]})
     print_summary(summary)
     return out
 

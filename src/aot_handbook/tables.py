@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,8 +170,26 @@ def _matches(run: dict, where: dict) -> bool:
     return True
 
 
+def current_results(results: list[dict]) -> tuple[list[dict], list[str]]:
+    """Results whose run folder, where it is still here, holds the weights that were evaluated (same
+    fingerprint); the others are stale (the run was retrained since) and are left out, by file name."""
+    from .evaluation.common import run_fingerprint
+
+    kept, stale = [], []
+    for r in results:
+        path = Path(r["run"].get("path") or "")
+        if r["run"].get("method") != "base" and (path / "recipe.json").is_file() \
+                and run_fingerprint(path) != r["run"].get("fingerprint"):
+            stale.append(r.get("_file") or str(path))
+        else:
+            kept.append(r)
+    return kept, stale
+
+
 def cell_values(results: list[dict], row: Row, key: str, where: dict | None = None) -> list[float]:
     where = {**row.where, **(where or {})}
+    if where.get("base_model") == "tiny":  # a tiny recipe copied onto other data is not the tiny task
+        where.setdefault("dataset", "tiny")
     found = [r for r in results if _matches(r["run"], where) and r["scores"].get(key) is not None]
     for k, v in row.prefer.items():  # e.g. several sort variants: the paper's default one
         preferred = [r for r in found if r["run"].get(k) == v]
@@ -239,7 +258,11 @@ def render(number: str | int, results_dir: str | Path = "results", out_dir: str 
     from .evaluation.common import load_results, write_text
 
     table = table_spec(number, alpaca_metric)
-    grid = build(table, load_results(results_dir) if results is None else results)
+    results, stale = current_results(load_results(results_dir) if results is None else results)
+    if stale:
+        print(f"[aot-handbook] table {table.number}: left out {len(stale)} stale result(s), whose run was retrained "
+              f"after the evaluation (run make eval again): {', '.join(stale)}", file=sys.stderr)
+    grid = build(table, results)
     out = Path(out_dir) if out_dir else Path(results_dir) / "tables"
     paths = {}
     for ext, text in (("md", to_markdown(table, grid)), ("csv", to_csv(grid)), ("tex", to_latex(table, grid))):

@@ -231,9 +231,17 @@ class _AOTObjective:
         self._metrics[mode]["rewards/rejected"].append(rejected_r.mean().item())
         self._metrics[mode]["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
         self._metrics[mode]["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
-        if chosen_r.shape == rejected_r.shape:  # paired rows: per-pair accuracy and margin
+        if not isinstance(self, KTOTrainer):  # paired rows: per-pair accuracy and margin
             self._metrics[mode]["rewards/accuracies"].append((chosen_r > rejected_r).float().mean().item())
             self._metrics[mode]["rewards/margins"].append((chosen_r - rejected_r).mean().item())
+        elif len(chosen_r) and len(rejected_r):
+            # Unpaired rows: positive i and negative i were drawn independently, so pairwise accuracies or
+            # margins would mean nothing. Per side instead: the gap between the quantiles of the positive and
+            # the negative rewards (what AOT's dominance is about; > 0 where positives lead).
+            levels = torch.tensor([0.25, 0.5, 0.75], dtype=chosen_r.dtype, device=chosen_r.device)
+            gaps = torch.quantile(chosen_r.float(), levels.float()) - torch.quantile(rejected_r.float(), levels.float())
+            for level, gap in zip((25, 50, 75), gaps.tolist()):
+                self._metrics[mode][f"rewards/quantile_gap_q{level}"].append(gap)
 
 
 class AOTTrainer(_AOTObjective, SharedRefCache, DPOTrainer):
@@ -373,8 +381,24 @@ class BalancedLabelSampler(Sampler[int]):
         return self.n_batches * self.batch_size
 
 
+class _NotForAOT(logging.Filter):
+    """Drops KTOTrainer's advice on desirable_weight / undesirable_weight: AOT does not use those weights
+    (each batch draws its share of positives by ``aot_positive_share`` instead)."""
+
+    def filter(self, record):
+        return "desirable_weight" not in record.getMessage()
+
+
 class UnpairedAOTTrainer(_AOTObjective, SharedRefCache, KTOTrainer):
     """AOT on truly unpaired data (prompt, completion, label). ``args``: ``AOTUnpairedConfig``."""
+
+    def __init__(self, *args, **kwargs):
+        kto_logger, quiet = logging.getLogger(KTOTrainer.__module__), _NotForAOT()
+        kto_logger.addFilter(quiet)
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            kto_logger.removeFilter(quiet)
 
     def _balanced(self, dataset, batch_size, seed):
         return BalancedLabelSampler(dataset["label"], batch_size, self.args.aot_positive_share, seed)

@@ -2,8 +2,9 @@
 
 One result file per (run, evaluation): ``results/<run name>/<evaluation name>.json``. It holds
 ``scores`` (table column -> value in percent), ``details`` (the evaluation's own output) and
-``provenance`` (model, adapter, recipe path + sha256 of ``recipe.json``, judge, package
-versions, date), and is written to a temporary name and renamed, so an interrupted evaluation
+``provenance`` (model, adapter, recipe path + sha256 of ``recipe.json``, the run's fingerprint
+(``aot_handbook.run.fingerprint``: a result whose run was retrained since is stale), judge,
+package versions, date), and is written to a temporary name and renamed, so an interrupted evaluation
 never leaves a file that looks complete.
 """
 
@@ -80,6 +81,15 @@ def recipe_chat_template(base_model: str) -> str | None:
     return info["template"] if info and info["set_in_recipe"] else None
 
 
+def run_fingerprint(path: str | Path) -> str | None:
+    """The fingerprint of a run folder's weights as they are now (None: not a run, or trained before
+    fingerprints were recorded)."""
+    try:
+        return json.loads((Path(path) / "fingerprint.json").read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 @dataclass
 class RunInfo:
     """A model to evaluate: a run folder of ``aot_handbook.run.train`` or a plain model (the base row)."""
@@ -101,6 +111,7 @@ class RunInfo:
     recipe_name: str | None = None  # the recipe file's stem, e.g. sft, nll_control, aot_unpaired
     config_id: str | None = None  # the recipe and overrides without seed/output_dir: runs equal in it are seeds
     recipe_sha256: str | None = None
+    fingerprint: str | None = None  # what determined the weights (run.py); results follow it
     complete: bool = True
     chat_template: str | None = None  # the recipe's; for a base model, the one its recipes train with (None: the tokenizer's)
     recipe: dict = field(default_factory=dict, repr=False)
@@ -133,7 +144,8 @@ class RunInfo:
             seed=recipe.get("seed"),
             recipe_path=meta.get("path"), recipe_name=Path(meta["path"]).stem if meta.get("path") else None,
             config_id=_config_id(recipe, meta.get("overrides") or []), recipe_sha256=sha256(run / "recipe.json"),
-            complete=(run / "run.json").is_file(), chat_template=recipe.get("chat_template"), recipe=recipe,
+            fingerprint=run_fingerprint(run), complete=(run / "run.json").is_file(),
+            chat_template=recipe.get("chat_template"), recipe=recipe,
         )
 
     def describe(self) -> dict:
@@ -173,15 +185,25 @@ def _config_id(recipe: dict, overrides: list[str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _data_files(recipe: dict) -> list[str]:
+    entries = (recipe.get("dataset_mixture") or {}).get("datasets") or []
+    return [f for d in entries if isinstance(d, dict) for files in (d.get("data_files") or {}).values()
+            for f in ([files] if isinstance(files, str) else files)]
+
+
 def _dataset_key(recipe: dict) -> str | None:
-    if recipe.get("tiny_assets"):
-        return "tiny"
+    assets = recipe.get("tiny_assets")
+    entries = (recipe.get("dataset_mixture") or {}).get("datasets") or []
+    inside = lambda f: Path(os.path.normpath(f)).is_relative_to(os.path.normpath(assets))  # noqa: E731
+    if assets and all(isinstance(d, dict) and not d.get("path") for d in entries) \
+            and all(inside(f) for f in _data_files(recipe)):
+        return "tiny"  # only the tiny task's own data: a copied tiny recipe on other data is not the tiny task
     text = json.dumps(recipe.get("dataset_mixture") or {}).lower()
     for needle, key in DATASETS:
         if needle in text:
             return key
     sources = [d.get("path") for d in (recipe.get("dataset_mixture") or {}).get("datasets", []) if d.get("path")]
-    return sources[0] if sources else None
+    return sources[0] if sources else (_data_files(recipe) or [None])[0]
 
 
 def load_eval_recipe(path: str | Path) -> dict:
@@ -219,6 +241,7 @@ def save_result(run: RunInfo, recipe: dict, scores: dict, details: dict, *, judg
             "adapter": run.adapter,
             "run_recipe": run.recipe_path,
             "run_recipe_json_sha256": run.recipe_sha256,
+            "run_fingerprint": run.fingerprint,
             "eval_recipe": recipe["_path"],
             "eval_recipe_sha256": recipe["_sha256"],
             "judge": judge,

@@ -18,9 +18,19 @@ from pathlib import Path
 from .common import RESULTS_DIR, RunInfo, load_eval_recipe, save_result, sha256, write_json
 
 
+def check_run_path(run_path: str) -> None:
+    """RUN is a run folder, a model folder, or a hub id; anything else is an error naming it, before any
+    file is written (a missing folder would otherwise be tried as a hub id)."""
+    from ..model_utils import check_model_path
+
+    if not (Path(run_path) / "recipe.json").is_file():
+        check_model_path(run_path, "RUN")
+
+
 def evaluate(run_path: str, eval_recipe: str, *, results_dir: str | Path = RESULTS_DIR, work_dir: str | Path | None = None,
              allow_incomplete: bool = False) -> Path:
     recipe = load_eval_recipe(eval_recipe)
+    check_run_path(run_path)
     run = RunInfo.from_path(run_path)
     if not run.complete and not allow_incomplete:
         raise RuntimeError(f"{run_path}: no run.json, the run is not complete (pass --allow-incomplete to evaluate anyway)")
@@ -41,7 +51,7 @@ def evaluate(run_path: str, eval_recipe: str, *, results_dir: str | Path = RESUL
 def _reset_if_stale(work: Path, run: RunInfo, recipe: dict) -> None:
     """Generations are resumed from ``work``, but only for the same trained run and generation settings."""
     run_json = Path(run.path) / "run.json"
-    stamp = {"run": run.path, "recipe_json_sha256": run.recipe_sha256,
+    stamp = {"run": run.path, "recipe_json_sha256": run.recipe_sha256, "fingerprint": run.fingerprint,
              "run_json_sha256": sha256(run_json) if run_json.is_file() else None,
              "generation": recipe.get("generation"), "tiny_task": recipe.get("tiny_task")}
     stamp_file = work / "stamp.json"
