@@ -57,6 +57,20 @@ def test_zero3_reference_hash_uses_full_weights():
     assert proc.returncode == 0 and "zero3 hash ok" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
+def test_validate_checks_zero3_config_with_deepspeed(tmp_path):
+    """`make validate-recipes` parses the ZeRO-3 config with DeepSpeed's own config classes when installed."""
+    pytest.importorskip("deepspeed")
+    from aot_handbook.validate import ValidationError, validate_accelerate_config
+
+    good = HERE.parents[1] / "recipes" / "accelerate_configs" / "zero3.yaml"
+    validate_accelerate_config(good)
+    bad = tmp_path / "accelerate_configs" / "zero3.yaml"
+    bad.parent.mkdir()
+    bad.write_text(good.read_text().replace("offload_param_device: none", "offload_param_device: gpu"))
+    with pytest.raises(ValidationError, match=r"(?s)zero3.yaml: key 'deepspeed_config'.*offload_param"):
+        validate_accelerate_config(bad)
+
+
 def _free_port():
     import socket
 
