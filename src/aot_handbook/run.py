@@ -139,6 +139,8 @@ def summarize(recipe: Recipe, trainer, data, out: Path) -> dict:
         reference = trainer.accelerator.unwrap_model(trainer.ref_model)
     elif recipe.method != "sft":
         reference = load_model(recipe.model, for_reference=True)
+        if not _sharded(trainer):  # beside the policy (it would stay on the CPU); ZeRO-3 places its own partitions
+            reference = reference.to(trainer.accelerator.device)
     # Held-out pairs for the Fig. 1 statistics: the test split if paired, else the tiny task's pairs.
     test, rows = data.get("test"), None
     if test is not None and "chosen" in test.column_names:
