@@ -4,8 +4,8 @@ The GPU path differs from what runs here only in the device, bf16, and the CUDA-
 (flash-attention, bitsandbytes, vLLM, memory numbers), which are skipped here with the reason.
 """
 
-import torch
 import pytest
+import torch
 
 from aot_handbook.gpu_check import CheckResult, _run, render_table, run_checks
 

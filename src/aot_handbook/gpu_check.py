@@ -16,6 +16,7 @@ does not need CUDA on the CPU (the tests do), so only the CUDA-only parts are ne
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import logging
 import random
@@ -23,7 +24,6 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from datasets import Dataset
@@ -63,7 +63,12 @@ def build_tokenizer():
 
 def build_model(arch: str, tokenizer, *, shape: str = "small", dtype=torch.bfloat16, attn: str = "sdpa", seed=0):
     """A random-weight LlamaForCausalLM or MistralForCausalLM (transformers' own classes)."""
-    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+    )
 
     config_class, model_class = {"llama": (LlamaConfig, LlamaForCausalLM),
                                  "mistral": (MistralConfig, MistralForCausalLM)}[arch]
@@ -183,7 +188,7 @@ def packed_vs_two_rows(arch: str, *, device: str, dtype, shape: str = "small", a
         labels = batch["input_ids"].masked_fill(mask == 0, -100)
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
                     use_cache=False, fused_lm_head=True)
-        two = (out.log_probs * mask[:, 1:]).sum(1)
+        two = (out.log_probs[:, -(mask.size(1) - 1):] * mask[:, 1:]).sum(1)  # as the trainer slices them
     two_chosen, two_rejected = two.float().chunk(2)
     packed_logps, two_logps = torch.cat([chosen, rejected]).float(), torch.cat([two_chosen, two_rejected])
     return float((packed_logps - two_logps).abs().max() / two_logps.abs().max())
@@ -225,6 +230,7 @@ def check_memory(*, device: str, dtype, shape: str = "small") -> tuple[str, floa
         trainer.train()
         peaks[share] = max(memory.peaks) if memory.peaks else None
         del trainer
+        gc.collect()  # the trainer holds reference cycles: free its model before the other run is measured
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     if peaks[True] is None:
@@ -308,6 +314,7 @@ def _run(name: str, fn, results: list, needs: str | None = None) -> None:
         peak = torch.cuda.max_memory_allocated() / 2**20
     results.append(CheckResult(name, status, detail, time.time() - start, peak))
     print(f"[gpu-check] {name}: {status} ({time.time() - start:.1f} s) {detail}", flush=True)
+    gc.collect()  # this check's trainer and model, before the next one is measured
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
