@@ -36,6 +36,8 @@ SHAPES = {
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2),
 }
+# Prompt and completion lengths (characters = tokens) of the random data, per model shape.
+LENGTHS = {"small": (384, 96), "tiny": (48, 16)}
 ARCHITECTURES = ("llama", "mistral")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 # Packed vs two-row sequence log-probs: max |difference| over max |value|. bf16 keeps 8 mantissa bits
@@ -119,7 +121,7 @@ class PeakMemory(TrainerCallback):
 
 def aot_trainer(arch: str, variant: str, *, device: str, dtype, shape: str = "small", attn: str = "sdpa",
                 optim: str = "adamw_torch", share_prompt: bool = True, model=None, steps: int = 2,
-                batch_size: int = 8, prompt_len: int = 384, completion_len: int = 96, out_dir: str | None = None):
+                batch_size: int = 8, out_dir: str | None = None):
     """An AOT trainer (ours) on random data: LoRA + gradient checkpointing, bf16 on GPU."""
     from peft import LoraConfig
 
@@ -128,6 +130,7 @@ def aot_trainer(arch: str, variant: str, *, device: str, dtype, shape: str = "sm
 
     tokenizer = build_tokenizer()
     model = model if model is not None else build_model(arch, tokenizer, shape=shape, dtype=dtype, attn=attn)
+    prompt_len, completion_len = LENGTHS[shape]
     common = dict(output_dir=out_dir or tempfile.mkdtemp(prefix="gpu-check-"), max_steps=steps,
                   per_device_train_batch_size=batch_size, learning_rate=1e-3, beta=0.1, optim=optim,
                   bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=device == "cpu",
@@ -236,7 +239,8 @@ def check_memory(*, device: str, dtype, shape: str = "small") -> tuple[str, floa
     if peaks[True] is None:
         return "3 steps each way ran (no CUDA: memory not measured)", None
     return (f"one row per pair {peaks[True]:.0f} MiB, two rows {peaks[False]:.0f} MiB "
-            f"({peaks[True] / peaks[False]:.2f}x); batch 16, prompt 384 + completions 96"), peaks[True]
+            f"({peaks[True] / peaks[False]:.2f}x); batch 16, prompt {LENGTHS[shape][0]} + completions "
+            f"{LENGTHS[shape][1]} tokens"), peaks[True]
 
 
 def check_qlora(*, dtype) -> str:
