@@ -7,6 +7,7 @@
 #   RECIPE=recipes/tiny/sft.yaml ARGS="--max_steps 100" benchmarks/threads.sh      # a shorter try
 #   COMPETITOR=train benchmarks/threads.sh                 # the competitor: another make train, not a spin loop
 #   PYTHON=/path/to/python benchmarks/threads.sh           # an environment with the package (default: .venv)
+#   SETTINGS=chosen benchmarks/threads.sh                  # only the handbook's thread choice
 #
 # Run it on an otherwise quiet machine: the competitor is the only load it means to measure. Each timed
 # run starts from a scratch folder with the tiny assets built (untimed) and no runs/. Prints one line per
@@ -17,6 +18,7 @@ PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 RECIPE=${RECIPE:-recipes/tiny/sft.yaml}
 ARGS=${ARGS:-}
 COMPETITOR=${COMPETITOR:-spin}
+SETTINGS=${SETTINGS:-chosen before}   # "chosen" alone skips the slow before-runs
 CORES=$(nproc)
 export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's code, whatever the environment has installed
 WORK=$(mktemp -d /tmp/aot-threads.XXXXXX)
@@ -57,7 +59,7 @@ scratch "$WORK/main"
 echo "machine: $CORES cores, $(uptime | sed 's/.*load average/load average/')"
 echo "recipe: $RECIPE $ARGS; competitor: $COMPETITOR"
 declare -A T
-for setting in chosen before; do
+for setting in $SETTINGS; do
   for load in idle loaded; do
     pid=""
     [ "$load" = loaded ] && pid=$(competitor) && sleep 1
@@ -69,7 +71,7 @@ done
 echo
 echo "| threads | idle (s) | beside one CPU-bound process (s) | loaded / idle |"
 echo "|---|---|---|---|"
-for setting in chosen before; do
+for setting in $SETTINGS; do
   label=$([ "$setting" = chosen ] && echo "handbook's choice (1 for the tiny model)" || echo "torch default ($CORES)")
   printf '| %s | %.1f | %.1f | %.2fx |\n' "$label" "${T[$setting,idle]}" "${T[$setting,loaded]}" \
     "$(echo "${T[$setting,loaded]} / ${T[$setting,idle]}" | bc -l)"
