@@ -22,16 +22,20 @@ RECIPE ?= recipes/tiny/aot_unpaired.yaml
 ARGS ?=
 ACCELERATE_CONFIG ?=
 NUM_PROCESSES ?= 8
+# The rendezvous port of a multi-process run (accelerate's default: 29500); set it to run two at once.
+MAIN_PROCESS_PORT ?=
 SWEEP ?= recipes/ablations/penalty.sweep.yaml
 VALIDATE ?= recipes
 PYTEST_ARGS ?=
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: help setup test train validate-recipes sweep generate-recipes eval table plot bench reproduce-tiny
+.PHONY: help setup test train validate-recipes sweep generate-recipes eval table plot bench reproduce-tiny gpu-check
 
 help:
 	@echo "make test | make train [RECIPE=recipes/...yaml] [ARGS='--key value ...']"
 	@echo "  [ACCELERATE_CONFIG=recipes/accelerate_configs/fsdp.yaml NUM_PROCESSES=8]"
+	@echo "  (on CPU: ACCELERATE_CONFIG=recipes/accelerate_configs/ddp_cpu.yaml NUM_PROCESSES=2)"
+	@echo "make gpu-check          (bf16, SDPA/flash-attention, paged AdamW, QLoRA, vLLM on one GPU; <10 min)"
 	@echo "make validate-recipes | make sweep SWEEP=recipes/ablations/<name>.sweep.yaml [ARGS=--dry-run]"
 	@echo "make generate-recipes   (rewrite recipes/<model>/*.yaml and recipes/unpaired/ from recipes/_generate.py)"
 	@echo "make eval [RUN=runs/...] [EVAL=recipes/eval/...yaml] | make table [TABLE=1..10|tiny] | make plot [RUN='runs/a runs/b']"
@@ -53,7 +57,7 @@ test: validate-recipes
 train: $(STAMP)
 ifdef ACCELERATE_CONFIG
 	"$(PY)" -m accelerate.commands.launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_PROCESSES) \
-		scripts/train.py $(RECIPE) $(ARGS)
+		$(if $(MAIN_PROCESS_PORT),--main_process_port $(MAIN_PROCESS_PORT)) scripts/train.py $(RECIPE) $(ARGS)
 else
 	"$(PY)" scripts/train.py $(RECIPE) $(ARGS)
 endif
@@ -97,3 +101,9 @@ bench: $(STAMP)
 # Resumable: finished runs and evaluations are skipped. QUICK=1: one seed, 3 steps a run (smoke test).
 reproduce-tiny: $(STAMP)
 	$(OFFLINE) "$(PY)" scripts/reproduce_tiny.py $(if $(QUICK),--quick) $(ARGS)
+
+# What only a GPU exercises (bf16 AOT steps of small Llama/Mistral with LoRA + gradient checkpointing, one row
+# per pair under SDPA, the flash-attention fallback, paged AdamW, 4-bit QLoRA, vLLM, peak memory): one table,
+# under 10 minutes on one GPU. Without a GPU it prints "no GPU: skipped" and exits 0.
+gpu-check: $(STAMP)
+	$(OFFLINE) "$(PY)" scripts/gpu_check.py $(ARGS)

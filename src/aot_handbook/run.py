@@ -95,6 +95,20 @@ def _is_unpaired(dataset) -> bool:
     return "label" in dataset.column_names and "chosen" not in dataset.column_names
 
 
+# Below this many parameters a CPU run uses one intra-op thread: the tiny model's matrix products take
+# microseconds, so torch's threads gain little and, with any other job on the machine, stall on each other
+# (the tiny SFT stage: ~2.4 min idle, ~19 min beside one other job with 2 threads; README "Threads on CPU").
+ONE_THREAD_BELOW_PARAMS = 20_000_000
+
+
+def set_cpu_threads(model, *, on_cpu: bool) -> int:
+    """torch's intra-op threads for training ``model`` on CPU: OMP_NUM_THREADS when set (accelerate sets it
+    per process), else one thread for a small model, else torch's default (one per core). Returns the count."""
+    if on_cpu and "OMP_NUM_THREADS" not in os.environ and model.num_parameters() < ONE_THREAD_BELOW_PARAMS:
+        torch.set_num_threads(1)
+    return torch.get_num_threads()
+
+
 def load_data(recipe: Recipe):
     """The recipe's data in its method's format (and, for truly unpaired rows, the recipe parsed for the
     KTO-based trainer); refused when the train split is smaller than one batch."""
@@ -116,6 +130,7 @@ def build_trainer(recipe: Recipe, data=None):
     method, args = recipe.method, recipe.training
     tokenizer = load_tokenizer(recipe.model, recipe.recipe)
     model = load_model(recipe.model)
+    set_cpu_threads(model, on_cpu=args.use_cpu or not torch.cuda.is_available())
     peft = get_peft_config(recipe.model)
     kwargs = dict(model=model, args=args, train_dataset=data["train"], processing_class=tokenizer, peft_config=peft)
     if "test" in data and args.eval_strategy != "no":
@@ -128,14 +143,21 @@ def build_trainer(recipe: Recipe, data=None):
 
 
 def summarize(recipe: Recipe, trainer, data, out: Path) -> dict:
-    """Held-out summary: margins/rewards FSD (paper Fig. 1) and, on the tiny task, accuracy."""
+    """Held-out summary: margins/rewards FSD (paper Fig. 1) and, on the tiny task, accuracy.
+
+    Called on the main process only (``train``), unless the weights are sharded: then every rank
+    takes part in each forward (FSDP/ZeRO-3 gather the layers collectively) and the main one writes."""
     args, summary = recipe.training, {}
     model = trainer.accelerator.unwrap_model(trainer.model)
     reference = None
     if hasattr(model, "disable_adapter"):
         reference = model.disable_adapter  # PEFT: adapters off is the reference
+    elif getattr(trainer, "ref_model", None) is not None:  # the trainer's own reference: no second copy
+        reference = trainer.accelerator.unwrap_model(trainer.ref_model)
     elif recipe.method != "sft":
         reference = load_model(recipe.model, for_reference=True)
+        if not _sharded(trainer):  # beside the policy (it would stay on the CPU); ZeRO-3 places its own partitions
+            reference = reference.to(trainer.accelerator.device)
     # Held-out pairs for the Fig. 1 statistics: the test split if paired, else the tiny task's pairs.
     test, rows = data.get("test"), None
     if test is not None and "chosen" in test.column_names:
@@ -147,14 +169,15 @@ def summarize(recipe: Recipe, trainer, data, out: Path) -> dict:
     if reference is not None and rows:
         stats = paired_statistics(model, reference, trainer.processing_class, rows, beta=getattr(args, "beta", 0.1))
         summary["heldout"] = {k: v for k, v in stats.items() if not isinstance(v, torch.Tensor)}
-        summary["plots"] = {
-            "rewards": str(quantile_plot(
-                {recipe.method: (stats["chosen_rewards"], stats["rejected_rewards"], "chosen", "rejected")},
-                out / "quantiles_rewards.png", title="Held-out rewards (paper Fig. 1a)")),
-            "margins": str(quantile_plot(
-                {recipe.method: (stats["policy_margins"], stats["reference_margins"], "policy", "reference")},
-                out / "quantiles_margins.png", title="Held-out chosen-rejected margins (paper Fig. 1b)")),
-        }
+        if trainer.accelerator.is_main_process:
+            summary["plots"] = {
+                "rewards": str(quantile_plot(
+                    {recipe.method: (stats["chosen_rewards"], stats["rejected_rewards"], "chosen", "rejected")},
+                    out / "quantiles_rewards.png", title="Held-out rewards (paper Fig. 1a)")),
+                "margins": str(quantile_plot(
+                    {recipe.method: (stats["policy_margins"], stats["reference_margins"], "policy", "reference")},
+                    out / "quantiles_margins.png", title="Held-out chosen-rejected margins (paper Fig. 1b)")),
+            }
     if recipe.recipe.tiny_assets:
         from .tiny import ensure_tiny_assets, read_jsonl, task_accuracy
 
@@ -276,6 +299,18 @@ def resume_decision(out: Path, identity: dict, overwrite: bool) -> str | None:
                      "(the folder's checkpoints and run.json are deleted)")
 
 
+def _say(message: str) -> None:
+    """print, once per run: on the main process of a multi-process launch (torchrun/accelerate set RANK)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message)
+
+
+def _sharded(trainer) -> bool:
+    """Whether the weights are split over the ranks (FSDP, ZeRO-3), so no rank can run the model alone."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return bool(trainer.is_fsdp_enabled or (plugin is not None and plugin.zero_stage == 3))
+
+
 def train(recipe_path: str, overrides: list[str] | None = None) -> Path:
     """Train one recipe (and, first, any recipe it ``requires`` whose run is missing)."""
     with recipe_errors():
@@ -284,12 +319,15 @@ def train(recipe_path: str, overrides: list[str] | None = None) -> Path:
     if recipe.recipe.tiny_assets:
         from .tiny import ensure_tiny_assets
 
-        ensure_tiny_assets(recipe.recipe.tiny_assets)
+        # Main process first: with several ranks transformers saves a model on rank 0 only, so a rank
+        # building the assets too would publish a base model folder without weights.
+        with recipe.training.main_process_first(desc="tiny assets"):
+            ensure_tiny_assets(recipe.recipe.tiny_assets)
     for required in recipe.recipe.requires or []:
         with recipe_errors():
             needed = parse_recipe(required)
         if not is_complete(needed.training.output_dir):
-            print(f"[aot-handbook] {recipe_path} requires {required}: training it first")
+            _say(f"[aot-handbook] {recipe_path} requires {required}: training it first")
             train(required)
     out = Path(recipe.training.output_dir)
     started = time.time()
@@ -298,7 +336,7 @@ def train(recipe_path: str, overrides: list[str] | None = None) -> Path:
         identity = fingerprint(recipe, data)
         checkpoint = resume_decision(out, identity, recipe.recipe.overwrite_output_dir)
         if checkpoint == "done":
-            print(f"[aot-handbook] {out} is a finished run of this configuration: nothing to do "
+            _say(f"[aot-handbook] {out} is a finished run of this configuration: nothing to do "
                   "(--overwrite_output_dir true retrains it)")
             return out
         recipe, data, trainer = build_trainer(recipe, data)
@@ -310,19 +348,25 @@ def train(recipe_path: str, overrides: list[str] | None = None) -> Path:
     write_json(out / "fingerprint.json", identity)
     write_json(out / "recipe.json", {"path": recipe.path, "overrides": recipe.overrides, "recipe": _redacted(recipe.raw)})
     if checkpoint:
-        print(f"[aot-handbook] resuming from {checkpoint}")
+        _say(f"[aot-handbook] resuming from {checkpoint}")
     trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(str(out))
-    write_json(out / "log_history.json", trainer.state.log_history)
-    summary = summarize(recipe, trainer, data, out) if recipe.recipe.summary else {}
-    args = recipe.training
-    summary["loss"] = describe_loss(recipe.method, args)
-    summary["train_seconds"] = round(time.time() - started, 1)
-    summary["run_dir"] = str(out)
-    write_json(out / "metrics.json", summary)
-    write_json(out / "run.json", {"method": recipe.method, "recipe": recipe.path, "completed": time.time(),
-                                  "fingerprint": identity["sha256"]})
-    print_summary(summary)
+    trainer.save_model(str(out))  # every rank: FSDP/ZeRO-3 gather the weights; the main process writes
+    # The rest once, on the main process; the other ranks wait, so run.json exists when any rank returns.
+    # Sharded weights need every rank in each forward of the summary (the main process alone would hang).
+    main = trainer.accelerator.is_main_process
+    summary = {}
+    if recipe.recipe.summary and (main or _sharded(trainer)):
+        summary = summarize(recipe, trainer, data, out)
+    if main:
+        write_json(out / "log_history.json", trainer.state.log_history)
+        summary["loss"] = describe_loss(recipe.method, recipe.training)
+        summary["train_seconds"] = round(time.time() - started, 1)
+        summary["run_dir"] = str(out)
+        write_json(out / "metrics.json", summary)
+        write_json(out / "run.json", {"method": recipe.method, "recipe": recipe.path, "completed": time.time(),
+                                      "fingerprint": identity["sha256"]})
+        print_summary(summary)
+    trainer.accelerator.wait_for_everyone()
     return out
 
 

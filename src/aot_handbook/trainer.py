@@ -94,15 +94,36 @@ class _RefCacheArgs:
         self.per_device_train_batch_size = args.per_device_train_batch_size  # KTO builds its KL pairs per batch
 
 
+def _zero3_partitioned(tensor) -> bool:
+    """A parameter DeepSpeed ZeRO-3 has split over the ranks: its ``.data`` is empty on every rank."""
+    return hasattr(tensor, "ds_id")
+
+
+def is_zero3_partitioned(model) -> bool:
+    return any(_zero3_partitioned(p) for p in model.parameters())
+
+
 def reference_weights_hash(model) -> str:
     """sha256 of the weights the reference uses. A PEFT model's reference is the model with its adapters
-    disabled, so the adapters are left out (TRL hashes them too, and LoRA's init differs from run to run)."""
+    disabled, so the adapters are left out (TRL hashes them too, and LoRA's init differs from run to run).
+
+    Under ZeRO-3 (``zero3_init_flag``) the weights are partitioned from load on, and ``state_dict()`` holds
+    empty tensors: hashing those would give every model of one architecture the same key, and a run would
+    read another model's cached reference log-probs. Each partitioned tensor is gathered here, one at a
+    time, on every rank (a collective: all ranks walk the same sorted keys), and hashed whole.
+    """
     adapters = tuple(f".{name}." for name in getattr(model, "peft_config", {}))
     h = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
+    for key, tensor in sorted(model.state_dict(keep_vars=True).items()):
         if adapters and any(a in key for a in adapters):
             continue
-        tensor = tensor.detach().cpu()
+        gathered = contextlib.nullcontext()
+        if _zero3_partitioned(tensor):
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters([tensor], modifier_rank=None)
+        with gathered:  # a copy: the gathered storage is released (and may be reused) on exit
+            tensor = tensor.detach().to("cpu", copy=_zero3_partitioned(tensor))
         h.update(key.encode() + str(tensor.dtype).encode())
         h.update((tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor).numpy().tobytes())
     return h.hexdigest()
@@ -117,8 +138,11 @@ class SharedRefCache:
     def _precompute_ref_logps(self, dataset, name, batch_size):
         if not getattr(self, "_ref_cache_keyed", False):  # once: train and eval splits share it
             weights = self._precompute_model_hash
+            reference = self.accelerator.unwrap_model(self.ref_model if self.ref_model is not None else self.model)
             if self.ref_model is None and hasattr(self.model, "peft_config"):  # reference = adapters disabled
                 weights = reference_weights_hash(self.model)
+            elif is_zero3_partitioned(reference):  # TRL's hash saw empty (partitioned) tensors
+                weights = reference_weights_hash(reference)
             # Truncation (and DPO's ld_alpha) change the log-probs of the same rows; TRL keys them only
             # through the filter's closure, which is absent with truncation_mode="keep_end".
             args = self.args

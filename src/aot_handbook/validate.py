@@ -349,7 +349,39 @@ def validate_accelerate_config(path: str | Path):
         _check_fsdp_plugin(path)
     if distributed == "DEEPSPEED":
         _require_package(path, "distributed_type", "deepspeed", "DeepSpeed")
+        _check_deepspeed_config(path)
     return cluster
+
+
+def _check_deepspeed_config(path: str) -> None:
+    """With DeepSpeed installed (``pip install -e ".[deepspeed]"``): build the DeepSpeed config the way
+    `accelerate launch` + the trainer would (config -> launch args -> ACCELERATE_DEEPSPEED_* environment ->
+    accelerate's DeepSpeedPlugin) and parse it with DeepSpeed's own ``DeepSpeedConfig`` (its pydantic checks
+    of the ZeRO stage, offload devices, ...). The trainer fills the "auto" batch sizes; 1 stands in here."""
+    import importlib.util
+    import json
+    import os
+    from unittest import mock
+
+    if importlib.util.find_spec("deepspeed") is None:
+        return
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import DeepSpeedPlugin
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+    try:
+        args = launch_command_parser().parse_args(["--config_file", path, "scripts/train.py"])
+        args, defaults, mixed_precision_from_config = _validate_launch_command(args)
+        fields = list(defaults.deepspeed_config) + (["mixed_precision"] if mixed_precision_from_config else [])
+        args.deepspeed_fields_from_accelerate_config = ",".join(fields)  # as accelerate's launch_command sets it
+        _, env = prepare_deepspeed_cmd_env(args)
+        with mock.patch.dict(os.environ, env):
+            plugin = DeepSpeedPlugin()
+        from deepspeed.runtime.config import DeepSpeedConfig
+
+        DeepSpeedConfig(json.loads(json.dumps(plugin.deepspeed_config).replace('"auto"', "1")))
+    except Exception as err:  # accelerate's ValueErrors, DeepSpeed's pydantic ValidationError, ...
+        raise _fail(path, "deepspeed_config", f"DeepSpeed rejects it: {err}") from None
 
 
 def _check_fsdp_plugin(path: str) -> None:

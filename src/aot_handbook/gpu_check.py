@@ -1,0 +1,380 @@
+"""`make gpu-check`: what only a GPU exercises, in one command, under 10 minutes on one GPU.
+
+- bf16 AOT paired and unpaired training steps of small real-architecture models (Llama and Mistral
+  configs, random weights, built here) with LoRA and gradient checkpointing;
+- one row per pair under SDPA: packed log-probs equal to TRL's two rows within bf16 tolerance;
+- the flash-attention fallback (TRL's two rows, with its warning), when flash-attn is installed;
+- ``optim: paged_adamw_32bit`` (the paper's optimizer) and 4-bit QLoRA loading, when bitsandbytes is;
+- vLLM generation (``evaluation.generation``'s backend), when vllm is installed;
+- peak GPU memory per training step with and without one row per pair.
+
+It ends with a table; the exit status is 1 when a check failed. Without a GPU it prints
+"no GPU: skipped" and exits 0. ``run_checks(device="cpu", dtype=torch.float32)`` runs every check that
+does not need CUDA on the CPU (the tests do), so only the CUDA-only parts are new on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import logging
+import random
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+
+# Model shapes: "small" for the GPU (about 20M parameters, a few seconds a step), "tiny" for CPU tests.
+SHAPES = {
+    "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
+                  num_key_value_heads=4),
+    "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2),
+}
+# Prompt and completion lengths (characters = tokens) of the random data, per model shape.
+LENGTHS = {"small": (384, 96), "tiny": (48, 16)}
+ARCHITECTURES = ("llama", "mistral")
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+# Packed vs two-row sequence log-probs: max |difference| over max |value|. bf16 keeps 8 mantissa bits
+# (relative step 2^-8 = 3.9e-3); sums over ~100 tokens in two different layouts stay within ~1e-2.
+TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float32: 1e-5}
+
+
+@dataclass
+class CheckResult:
+    name: str
+    status: str  # "ok", "FAIL", "skipped"
+    detail: str = ""
+    seconds: float = 0.0
+    peak_mib: float | None = None
+
+
+# ---------------------------------------------------------------- models and data
+
+
+def build_tokenizer():
+    from .tiny import build_tokenizer as tiny_tokenizer
+
+    return tiny_tokenizer()  # a character tokenizer: any text in its alphabet, built locally
+
+
+def build_model(arch: str, tokenizer, *, shape: str = "small", dtype=torch.bfloat16, attn: str = "sdpa", seed=0):
+    """A random-weight LlamaForCausalLM or MistralForCausalLM (transformers' own classes)."""
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+    )
+
+    config_class, model_class = {"llama": (LlamaConfig, LlamaForCausalLM),
+                                 "mistral": (MistralConfig, MistralForCausalLM)}[arch]
+    config = config_class(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                          max_position_embeddings=2048, **SHAPES[shape])
+    if arch == "mistral":
+        config.sliding_window = 4096  # Mistral-7B-v0.1's window; longer than every row here
+    torch.manual_seed(seed)
+    model = model_class(config).to(dtype)
+    model.set_attn_implementation(attn)  # transformers checks that the kernel is there (flash-attn, ...)
+    return model
+
+
+def _text(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789 +=") for _ in range(n))
+
+
+def paired_rows(n: int, prompt_len: int, completion_len: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"prompt": _text(rng, prompt_len), "chosen": _text(rng, completion_len),
+             "rejected": _text(rng, rng.randint(completion_len // 2, completion_len))} for _ in range(n)]
+
+
+def unpaired_rows(n: int, prompt_len: int, completion_len: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"prompt": _text(rng, prompt_len), "completion": _text(rng, completion_len), "label": i % 2 == 0}
+            for i in range(n)]
+
+
+# ---------------------------------------------------------------- training steps
+
+
+class PeakMemory(TrainerCallback):
+    """Peak GPU memory of each training step (reset at its start)."""
+
+    def __init__(self):
+        self.peaks: list[float] = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            self.peaks.append(torch.cuda.max_memory_allocated() / 2**20)
+
+
+def aot_trainer(arch: str, variant: str, *, device: str, dtype, shape: str = "small", attn: str = "sdpa",
+                optim: str = "adamw_torch", share_prompt: bool = True, model=None, steps: int = 2,
+                batch_size: int = 8, out_dir: str | None = None):
+    """An AOT trainer (ours) on random data: LoRA + gradient checkpointing, bf16 on GPU."""
+    from peft import LoraConfig
+
+    from .configs import AOTConfig, AOTUnpairedConfig
+    from .trainer import AOTTrainer, UnpairedAOTTrainer
+
+    tokenizer = build_tokenizer()
+    model = model if model is not None else build_model(arch, tokenizer, shape=shape, dtype=dtype, attn=attn)
+    prompt_len, completion_len = LENGTHS[shape]
+    common = dict(output_dir=out_dir or tempfile.mkdtemp(prefix="gpu-check-"), max_steps=steps,
+                  per_device_train_batch_size=batch_size, learning_rate=1e-3, beta=0.1, optim=optim,
+                  bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=device == "cpu",
+                  gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False},
+                  report_to="none", save_strategy="no", logging_steps=1, max_length=prompt_len + completion_len + 8,
+                  dataloader_num_workers=0, precompute_ref_log_probs=False, seed=0, disable_tqdm=True)
+    n = batch_size * steps
+    if variant == "aot_unpaired_kto":  # truly unpaired rows: the KTO-based trainer
+        args, trainer_class = AOTUnpairedConfig(**common), UnpairedAOTTrainer
+        data = Dataset.from_list(unpaired_rows(n, prompt_len, completion_len))
+    else:
+        args = AOTConfig(loss_type=variant, aot_share_prompt=share_prompt, **common)
+        trainer_class, data = AOTTrainer, Dataset.from_list(paired_rows(n, prompt_len, completion_len))
+    peft = LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    trainer = trainer_class(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft)
+    memory = PeakMemory()
+    trainer.add_callback(memory)
+    return trainer, memory
+
+
+def _lora_state(model) -> dict:
+    return {k: v.detach().float().clone() for k, v in model.named_parameters() if "lora_" in k}
+
+
+def check_aot_steps(arch: str, variant: str, *, device: str, dtype, shape: str = "small", optim: str = "adamw_torch",
+                    model=None) -> str:
+    """Train ``steps`` steps; the losses are finite, the LoRA weights move, the base weights do not."""
+    trainer, memory = aot_trainer(arch, variant, device=device, dtype=dtype, shape=shape, optim=optim, model=model)
+    before = _lora_state(trainer.model)
+    trainer.train()
+    after = _lora_state(trainer.model)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    if len(losses) != trainer.args.max_steps or not all(torch.isfinite(torch.tensor(losses))):
+        raise AssertionError(f"losses {losses}")
+    if not before or not any(not torch.equal(before[k], after[k]) for k in before):
+        raise AssertionError("the LoRA weights did not change")
+    if trainer.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight.requires_grad:
+        raise AssertionError("the base weights are trainable (LoRA should freeze them)")
+    packing = getattr(trainer, "_packing", {}).get("off", "n/a (unpaired rows)") or "one row per pair"
+    mem = f", peak {max(memory.peaks):.0f} MiB/step" if memory.peaks else ""
+    return f"losses {', '.join(f'{l:.3f}' for l in losses)}; {packing}{mem}"
+
+
+def packed_vs_two_rows(arch: str, *, device: str, dtype, shape: str = "small", attn: str = "sdpa") -> float:
+    """Max |packed - two-row| sequence log-prob over max |two-row|, on one batch through our trainer."""
+    trainer, _ = aot_trainer(arch, "aot_paired", device=device, dtype=dtype, shape=shape, attn=attn, steps=1)
+    if trainer._packing["off"]:
+        raise AssertionError(f"packing is off: {trainer._packing['off']}")
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    model = trainer.model
+    model.eval()
+    with torch.no_grad(), trainer.accelerator.autocast():
+        packed = trainer._pack(batch)
+        if packed is None:
+            raise AssertionError("the batch was not packed")
+        chosen, rejected, _, _ = trainer._pair_logps(model, packed)
+        mask = batch["completion_mask"]
+        labels = batch["input_ids"].masked_fill(mask == 0, -100)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+                    use_cache=False, fused_lm_head=True)
+        two = (out.log_probs[:, -(mask.size(1) - 1):] * mask[:, 1:]).sum(1)  # as the trainer slices them
+    two_chosen, two_rejected = two.float().chunk(2)
+    packed_logps, two_logps = torch.cat([chosen, rejected]).float(), torch.cat([two_chosen, two_rejected])
+    return float((packed_logps - two_logps).abs().max() / two_logps.abs().max())
+
+
+def check_packing(arch: str, *, device: str, dtype, shape: str = "small") -> str:
+    err = packed_vs_two_rows(arch, device=device, dtype=dtype, shape=shape)
+    if not err <= TOLERANCE[dtype]:
+        raise AssertionError(f"packed vs two-row log-probs: relative error {err:.2e} > {TOLERANCE[dtype]:g}")
+    return f"relative error {err:.1e} (tolerance {TOLERANCE[dtype]:g}, SDPA)"
+
+
+def check_flash_fallback(*, device: str, dtype, shape: str = "small") -> str:
+    """flash_attention_2 cannot take the packed mask: TRL's two rows, one warning, and the step trains."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("aot_handbook.trainer")
+    log.addHandler(handler)
+    try:
+        trainer, _ = aot_trainer("llama", "aot_paired", device=device, dtype=dtype, shape=shape,
+                                 attn="flash_attention_2", steps=1)
+        trainer.train()
+    finally:
+        log.removeHandler(handler)
+    warned = [r.getMessage() for r in records if "two rows per pair" in r.getMessage()]
+    if not warned or "flash_attention_2" not in warned[0]:
+        raise AssertionError(f"no fallback warning naming flash_attention_2 (got {[r.getMessage() for r in records]})")
+    loss = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return f"warned: {warned[0][:90]}...; loss {loss[0]:.3f}"
+
+
+def check_memory(*, device: str, dtype, shape: str = "small") -> tuple[str, float | None]:
+    """Peak memory per AOT paired step, one row per pair vs TRL's two rows (same data, same model)."""
+    peaks = {}
+    for share in (True, False):
+        trainer, memory = aot_trainer("llama", "aot_paired", device=device, dtype=dtype, shape=shape,
+                                      share_prompt=share, steps=3, batch_size=16)
+        trainer.train()
+        peaks[share] = max(memory.peaks) if memory.peaks else None
+        del trainer
+        gc.collect()  # the trainer holds reference cycles: free its model before the other run is measured
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if peaks[True] is None:
+        return "3 steps each way ran (no CUDA: memory not measured)", None
+    return (f"one row per pair {peaks[True]:.0f} MiB, two rows {peaks[False]:.0f} MiB "
+            f"({peaks[True] / peaks[False]:.2f}x); batch 16, prompt {LENGTHS[shape][0]} + completions "
+            f"{LENGTHS[shape][1]} tokens"), peaks[True]
+
+
+def check_qlora(*, dtype) -> str:
+    """4-bit NF4 loading through our load_model (TRL's ModelConfig), LoRA on top, one AOT step."""
+    from trl import ModelConfig
+
+    from .model_utils import load_model
+
+    tokenizer = build_tokenizer()
+    with tempfile.TemporaryDirectory() as folder:
+        build_model("llama", tokenizer, dtype=dtype).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        args = ModelConfig(model_name_or_path=folder, dtype="bfloat16", load_in_4bit=True,
+                           bnb_4bit_quant_type="nf4", use_bnb_nested_quant=True, attn_implementation="sdpa")
+        model = load_model(args)
+        kind = type(model.model.layers[0].self_attn.q_proj).__name__
+        if kind != "Linear4bit":
+            raise AssertionError(f"q_proj is {kind}, not bitsandbytes' Linear4bit")
+        detail = check_aot_steps("llama", "aot_paired", device="cuda", dtype=dtype, model=model)
+    return f"{kind}; {detail}"
+
+
+def check_vllm() -> str:
+    """Greedy generation with vLLM from a saved random Llama, as ``evaluation.generation``'s vLLM backend calls
+    it (LLM + SamplingParams), with a memory share left for this process; its greedy tokens vs transformers'."""
+    from vllm import LLM, SamplingParams
+
+    from .tiny import generate
+
+    tokenizer = build_tokenizer()
+    prompts = ["12+34=", "56+78=", "90+11=", "hello world "]
+    with tempfile.TemporaryDirectory() as folder:
+        model = build_model("llama", tokenizer, dtype=torch.bfloat16)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        expected = generate(model.cuda(), tokenizer, prompts, max_new_tokens=8)
+        del model
+        torch.cuda.empty_cache()
+        llm = LLM(model=folder, tokenizer=folder, dtype="bfloat16", gpu_memory_utilization=0.3, enforce_eager=True,
+                  max_model_len=256)
+        outs = llm.generate(prompts, SamplingParams(max_tokens=8, temperature=0.0))
+    texts = [o.outputs[0].text for o in outs]
+    if len(texts) != len(prompts) or not all(len(o.outputs[0].token_ids) for o in outs):
+        raise AssertionError(f"vLLM outputs {texts}")
+    same = sum(a == b for a, b in zip(texts, expected))  # bf16 kernels differ: near-ties may break differently
+    return f"{len(texts)} greedy completions, {same}/{len(texts)} equal to transformers' (e.g. {texts[0]!r})"
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def _run(name: str, fn, results: list, needs: str | None = None) -> None:
+    if needs:
+        results.append(CheckResult(name, "skipped", needs))
+        print(f"[gpu-check] {name}: skipped ({needs})", flush=True)
+        return
+    print(f"[gpu-check] {name} ...", flush=True)
+    start = time.time()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        detail = fn()
+        peak = None
+        if isinstance(detail, tuple):
+            detail, peak = detail
+        status = "ok"
+    except Exception as err:  # a failed check is reported in the table; the others still run
+        traceback.print_exc()
+        status, detail, peak = "FAIL", f"{type(err).__name__}: {err}", None
+    if peak is None and torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    results.append(CheckResult(name, status, detail, time.time() - start, peak))
+    print(f"[gpu-check] {name}: {status} ({time.time() - start:.1f} s) {detail}", flush=True)
+    gc.collect()  # this check's trainer and model, before the next one is measured
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_checks(*, device: str = "cuda", dtype=torch.bfloat16, shape: str = "small", vllm: bool = True) -> list:
+    """Every check, in order; the CUDA-only ones are skipped (with the reason) on CPU."""
+    results: list[CheckResult] = []
+    cuda = device != "cpu"
+    dt = str(dtype).removeprefix("torch.")
+    for arch in ARCHITECTURES:
+        for variant in ("aot_paired", "aot_unpaired", "aot_unpaired_kto"):
+            label = variant if variant != "aot_unpaired_kto" else "aot_unpaired (unpaired rows)"
+            _run(f"{arch} {label} {dt} LoRA+GC", lambda a=arch, v=variant: check_aot_steps(
+                a, v, device=device, dtype=dtype, shape=shape), results)
+        _run(f"{arch} one row per pair = two rows (SDPA)",
+             lambda a=arch: check_packing(a, device=device, dtype=dtype, shape=shape), results)
+    no_flash = None if cuda and _installed("flash_attn") else "flash-attn not installed" if cuda else "needs CUDA"
+    _run("flash-attention fallback + warning", lambda: check_flash_fallback(device=device, dtype=dtype, shape=shape),
+         results, needs=no_flash)
+    no_bnb = None if cuda and _installed("bitsandbytes") else "bitsandbytes not installed" if cuda else "needs CUDA"
+    _run("paged_adamw_32bit", lambda: check_aot_steps("llama", "aot_paired", device=device, dtype=dtype, shape=shape,
+                                                       optim="paged_adamw_32bit"), results, needs=no_bnb)
+    _run("4-bit QLoRA load + step", lambda: check_qlora(dtype=dtype), results, needs=no_bnb)
+    _run("peak memory per step", lambda: check_memory(device=device, dtype=dtype, shape=shape), results)
+    no_vllm = None if cuda and vllm and _installed("vllm") else "vllm not installed" if cuda and vllm else \
+        "not asked" if cuda else "needs CUDA"
+    _run("vLLM generation", check_vllm, results, needs=no_vllm)  # last: vLLM takes most of the GPU memory
+    return results
+
+
+def render_table(results: list[CheckResult]) -> str:
+    rows = [("check", "status", "time", "peak GPU MiB", "detail")]
+    for r in results:
+        rows.append((r.name, r.status, f"{r.seconds:.1f} s" if r.status != "skipped" else "-",
+                     f"{r.peak_mib:.0f}" if r.peak_mib is not None else "-", r.detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + f" | {row[4]} |")
+        if n == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|---|")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM check")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no GPU: skipped")
+        return 0
+    start = time.time()
+    print(f"[gpu-check] {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    results = run_checks(device="cuda", dtype=torch.bfloat16, vllm=not args.no_vllm)
+    print("\n" + render_table(results))
+    failed = [r.name for r in results if r.status == "FAIL"]
+    print(f"\n{len(results) - len(failed)} of {len(results)} checks ok or skipped, {len(failed)} failed "
+          f"({time.time() - start:.0f} s)" + (f": {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
