@@ -2,7 +2,8 @@
 """AlpacaEval generations of a run (or a model), in alpaca_eval's format; resumable.
 
     python scripts/generate.py runs/merlinite-7b-aot_unpaired --out results/merlinite-7b-aot_unpaired/outputs.json
-    python scripts/generate.py runs/tiny-sft --instructions .cache/tiny/v2-seed0/data/eval_prompts.jsonl --max-new-tokens 5
+    python scripts/generate.py runs/tiny-sft --instructions .cache/tiny/v2-seed0/data/eval_prompts.jsonl \
+        --max-new-tokens 5
 """
 
 import argparse
@@ -15,7 +16,8 @@ from aot_handbook.evaluation.generation import generate_outputs
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", help="run folder (full model or LoRA adapter) or a model folder / hub id")
-    p.add_argument("--instructions", default="tatsu-lab/alpaca_eval", help="tatsu-lab/alpaca_eval or a .json/.jsonl file")
+    p.add_argument("--instructions", default="tatsu-lab/alpaca_eval",
+                   help="tatsu-lab/alpaca_eval or a .json/.jsonl file")
     p.add_argument("--out", default=None, help="default: results/<run name>/alpaca_eval_outputs.json")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=2048)

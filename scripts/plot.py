@@ -37,7 +37,8 @@ def main(argv=None):
     for run in args.runs:
         stats[run.rstrip("/").split("/")[-1]] = s = run_statistics(run, rows, beta=args.beta)
         print(f"{run}: reward accuracy {s['reward_accuracy']:.3f}, FSD violation (rewards) "
-              f"{s['rewards_fsd']['fsd_violation_share']:.3f}, (margins) {s['margins_fsd']['fsd_violation_share']:.3f}")
+              f"{s['rewards_fsd']['fsd_violation_share']:.3f}, "
+              f"(margins) {s['margins_fsd']['fsd_violation_share']:.3f}")
     paths = figure1(stats, args.out_dir)
     print(f"Fig. 1a: {paths['a']}\nFig. 1b: {paths['b']}")
 

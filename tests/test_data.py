@@ -333,7 +333,8 @@ def test_from_dict_defaults(tmp_path):
 @pytest.mark.parametrize("block, match", [
     ({"datasets": [{"path": "x"}], "shuffle": True}, r"unknown key 'dataset_mixture\.shuffle'"),
     ({"datasets": [{"path": "x", "split": "train"}]}, r"unknown key 'dataset_mixture\.datasets\[0\]\.split'"),
-    ({"datasets": [{"path": "x", "weight": "half"}]}, r"'dataset_mixture\.datasets\[0\]\.weight' must be int or float"),
+    ({"datasets": [{"path": "x", "weight": "half"}]},
+     r"'dataset_mixture\.datasets\[0\]\.weight' must be int or float"),
     ({"datasets": [{"path": "x", "weight": True}]}, r"\.weight' must be"),
     ({"datasets": [{"path": "x"}], "seed": "0"}, r"'dataset_mixture\.seed' must be int"),
     ({"datasets": [{"path": "x", "train_split": None}]}, r"\.train_split' must be str"),
@@ -346,7 +347,8 @@ def test_from_dict_defaults(tmp_path):
     ({"datasets": [{"path": "x", "binarize": {"score": "s", "cut": 1}}]}, r"\.binarize' takes 'score'"),
     ({"datasets": [{"path": "x", "binarize": {"score": 3}}]}, r"\.binarize' takes 'score'"),
     ({"datasets": [{"path": "x", "binarize": {"threshold": 1}}]}, r"\.binarize' takes 'score'"),
-    ({"datasets": [{"path": "x", "binarize": {"score": "s", "threshold": "mean"}}]}, r"\.binarize\.threshold' must be"),
+    ({"datasets": [{"path": "x", "binarize": {"score": "s", "threshold": "mean"}}]},
+     r"\.binarize\.threshold' must be"),
 ])
 def test_from_dict_rejects_bad_keys_naming_key_and_source(block, match):
     with pytest.raises(ValueError, match=match) as e:
@@ -391,7 +393,8 @@ def test_conversational_wraps_plain_text_as_turns(tmp_path):
     path.write_text("\n".join(_json.dumps({"prompt": f"q{i}", "completion": f"a{i}", "label": i % 2 == 0})
                               for i in range(4)))
     mixture = DatasetMixture.from_dict(
-        {"datasets": [{"data_files": {"train": str(path)}, "test_split": None, "conversational": True}]}, source="r.yaml")
+        {"datasets": [{"data_files": {"train": str(path)}, "test_split": None, "conversational": True}]},
+        source="r.yaml")
     row = load_mixture(mixture, target="unpaired")["train"][0]
     assert row["prompt"] == [{"role": "user", "content": row["prompt"][0]["content"]}]
     assert row["completion"][0]["role"] == "assistant" and row["completion"][0]["content"].startswith("a")
@@ -420,7 +423,8 @@ def test_pairs_with_chosen_equal_to_rejected_are_dropped_or_refused(tmp_path, ca
     rows[1]["rejected"] = rows[1]["chosen"]
     with caplog.at_level(logging.WARNING, logger="aot_handbook.data"):
         out = load(train_only(tmp_path, rows))
-    assert sorted(out["train"]["prompt"]) == ["p0", "p2"] and "1 row(s) with chosen == rejected; dropped" in caplog.text
+    assert sorted(out["train"]["prompt"]) == ["p0", "p2"]
+    assert "1 row(s) with chosen == rejected; dropped" in caplog.text
     same = [{"prompt": f"p{i}", "chosen": "x", "rejected": "x"} for i in range(3)]
     with pytest.raises(ValueError, match=r"a\.jsonl\), split 'train': chosen equals rejected in every row \(3\)"):
         load(train_only(tmp_path, same))

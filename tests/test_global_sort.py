@@ -300,7 +300,8 @@ def _launch(cmd, env, timeout=240):
 
 def _torchrun(world, mode, out, tiny, timeout=240):
     cmd = [PYTHON, "-m", "torch.distributed.run", f"--nproc_per_node={world}", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", str(HERE), mode, str(out), json.dumps({k: str(v) for k, v in tiny.items()})]
+           f"--master_port={_free_port()}", str(HERE), mode, str(out), json.dumps({k: str(v) for k,
+                                                                                   v in tiny.items()})]
     _launch(cmd, _env(), timeout)
 
 

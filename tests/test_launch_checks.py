@@ -126,7 +126,8 @@ def test_every_lm_eval_task_in_the_eval_recipes_is_in_lm_evals_registry():
 
 
 @pytest.mark.parametrize("column,spec,message", [
-    ("truthfulqa", "tinyTruthfulQA_mc2/acc,none", r"'tinyTruthfulQA_mc2' is not a task lm-eval knows .*tinyTruthfulQA"),
+    ("truthfulqa", "tinyTruthfulQA_mc2/acc,none",
+     r"'tinyTruthfulQA_mc2' is not a task lm-eval knows .*tinyTruthfulQA"),
     ("gsm8k", "gsm8k/exact_match,strict", r"'gsm8k/exact_match,strict'.*exact_match,flexible-extract"),
     ("arc", "arc_easy/acc_norm", r"'arc_easy/acc_norm'"),  # no filter part: lm-eval's key is acc_norm,none
     ("hellaswag", "hellaswag/f1,none", r"'hellaswag/f1,none'.*acc,none"),
@@ -151,5 +152,6 @@ def test_a_column_listing_several_metrics_is_their_mean():
     results = {"truthfulqa_mc1": {"acc,none": 0.36, "acc_stderr,none": 0.01}, "truthfulqa_mc2": {"acc,none": 0.52}}
     assert column_score(results, "truthfulqa", paper["truthfulqa"]) == pytest.approx(44.0)
     assert {"truthfulqa_mc1", "truthfulqa_mc2", "arc_easy", "gsm8k"} <= set(column_tasks(paper))
-    with pytest.raises(KeyError, match=r"columns.truthfulqa: lm-eval returned no 'acc,none' for task 'truthfulqa_mc2'"):
+    with pytest.raises(KeyError,
+                       match=r"columns.truthfulqa: lm-eval returned no 'acc,none' for task 'truthfulqa_mc2'"):
         column_score({"truthfulqa_mc1": {"acc,none": 0.3}}, "truthfulqa", paper["truthfulqa"])

@@ -128,7 +128,8 @@ def test_generation_stops_at_the_end_of_turn_token_not_only_eos(tmp_path):
     lm.save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     (tmp_path / "instructions.json").write_text(json.dumps([{"instruction": "hi"}]))
-    out = generate_outputs(str(tmp_path / "model"), tmp_path / "out.json", instructions=str(tmp_path / "instructions.json"),
+    out = generate_outputs(str(tmp_path / "model"), tmp_path / "out.json",
+                           instructions=str(tmp_path / "instructions.json"),
                            generator="tiny", max_new_tokens=10, backend="hf", dtype="float32")
     assert json.loads(out.read_text())[0]["output"] == "ok"
 
@@ -136,7 +137,8 @@ def test_generation_stops_at_the_end_of_turn_token_not_only_eos(tmp_path):
 def test_base_model_row_uses_the_template_of_its_aligned_runs(tmp_path):
     """A base model folder or hub id is evaluated with the chat template its recipes train with, not with raw
     text or whatever its hub tokenizer holds: the same prompt ids as the aligned run's."""
-    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes/merlinite-7b/aot_unpaired.yaml").read_text())
+    recipe_file = Path(__file__).resolve().parents[1] / "recipes/merlinite-7b/aot_unpaired.yaml"
+    recipe = yaml.safe_load(recipe_file.read_text())
     assert RunInfo.from_path("ibm/merlinite-7b").chat_template == recipe["chat_template"] == ct.MERLINITE
     for hub_id in ("meta-llama/Meta-Llama-3-8B-Instruct", "mistralai/Mistral-7B-Instruct-v0.2"):
         assert RunInfo.from_path(hub_id).chat_template is None  # their recipes use the tokenizer's own

@@ -22,8 +22,9 @@ def test_importing_the_loss_does_not_import_trl():
 
 
 def test_unknown_name_is_an_attribute_error():
-    import aot_handbook
     import pytest
+
+    import aot_handbook
 
     with pytest.raises(AttributeError, match="no attribute 'AOTTrainr'"):
         aot_handbook.AOTTrainr  # noqa: B018

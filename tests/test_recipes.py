@@ -59,7 +59,8 @@ def test_generated_recipes_are_up_to_date():
     assert gen.stale_files() == [], "run `python recipes/_generate.py` and commit the result"
     names = set(gen.all_recipes())
     assert {f"{m}/{x}.yaml" for m in MODELS for x in METHODS} <= names  # 5 models x 5 methods
-    assert {f"unpaired/{d}-{x}.yaml" for d in ("helpsteer", "pku-beavertails") for x in ("aot_unpaired", "kto")} <= names
+    assert {f"unpaired/{d}-{x}.yaml" for d in ("helpsteer", "pku-beavertails") for x in ("aot_unpaired",
+                                                                                         "kto")} <= names
 
 
 @pytest.mark.parametrize("path", [p.relative_to(ROOT) for p in collect([str(RECIPES)])], ids=str)
@@ -127,9 +128,11 @@ def test_accelerate_configs(tmp_path):
     raw = yaml.safe_load((RECIPES / "accelerate_configs/fsdp.yaml").read_text())
     folder = tmp_path / "accelerate_configs"
     folder.mkdir()
-    for changes, key in [({"num_procs": 8}, "num_procs"), ({"fsdp_config": {"fsdp_shard": 1}}, "fsdp_config.fsdp_shard"),
+    for changes, key in [({"num_procs": 8}, "num_procs"), ({"fsdp_config": {"fsdp_shard": 1}},
+                                                           "fsdp_config.fsdp_shard"),
                          ({"distributed_type": "MULTI_TPU_X"}, "distributed_type"),
-                         ({"fsdp_config": {**raw["fsdp_config"], "fsdp_auto_wrap_policy": "EVERY_OTHER"}}, "fsdp_config")]:
+                         ({"fsdp_config": {**raw["fsdp_config"], "fsdp_auto_wrap_policy": "EVERY_OTHER"}},
+                          "fsdp_config")]:
         path = folder / "bad.yaml"
         path.write_text(yaml.safe_dump({**raw, **changes}))
         with pytest.raises(ValidationError, match=re.escape(f"{path}: key '{key}'")):
@@ -138,7 +141,8 @@ def test_accelerate_configs(tmp_path):
 
 def test_slurm_launcher_dry_run():
     subprocess.run(["bash", "-n", "scripts/slurm_launch.sh"], check=True)
-    out = subprocess.run(["bash", "scripts/slurm_launch.sh", "recipes/merlinite-7b/aot_unpaired.yaml", "--beta", "0.05"],
+    out = subprocess.run(["bash", "scripts/slurm_launch.sh", "recipes/merlinite-7b/aot_unpaired.yaml", "--beta",
+                          "0.05"],
                          env={**os.environ, "DRY_RUN": "1", "SLURM_NNODES": "2"}, capture_output=True, text=True,
                          check=True).stdout
     assert "srun" in out and "--num_machines 2 --num_processes 16" in out and "${SLURM_PROCID:-0}" in out
@@ -149,9 +153,12 @@ def test_slurm_launcher_dry_run():
 
 CONVERSATION = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "2+2 = 4."},
                 {"role": "user", "content": "And 3+3?"}]
-EXPECTED = {  # written out by hand from each model card / tokenizer_config.json, not produced by the templates
-    "merlinite-7b": "<|system|>\nYou are an AI language model developed by IBM Research. You are a cautious assistant. "
-                    "You carefully follow instructions. You are helpful and harmless and you follow ethical guidelines "
+# written out by hand from each model card / tokenizer_config.json, not produced by the templates
+EXPECTED = {
+    "merlinite-7b": "<|system|>\nYou are an AI language model developed by IBM Research. "
+                    "You are a cautious assistant. "
+                    "You carefully follow instructions. You are helpful and harmless and you follow ethical "
+                    "guidelines "
                     "and promote positive behavior.\n<|user|>\nWhat is 2+2?\n<|assistant|>\n2+2 = 4.<|endoftext|>\n"
                     "<|user|>\nAnd 3+3?\n<|assistant|>\n",
     "mistral-7b-instruct-v0.2": "<s>[INST] What is 2+2? [/INST]2+2 = 4.</s>[INST] And 3+3? [/INST]",
@@ -159,7 +166,8 @@ EXPECTED = {  # written out by hand from each model card / tokenizer_config.json
                           "<|start_header_id|>assistant<|end_header_id|>\n\n2+2 = 4.<|eot_id|>"
                           "<|start_header_id|>user<|end_header_id|>\n\nAnd 3+3?<|eot_id|>"
                           "<|start_header_id|>assistant<|end_header_id|>\n\n",
-    "openhermes-2.5-mistral-7b": "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n2+2 = 4.<|im_end|>\n"
+    "openhermes-2.5-mistral-7b": "<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+                                 "<|im_start|>assistant\n2+2 = 4.<|im_end|>\n"
                                  "<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n",
     "starling-lm-7b-alpha": "<s>GPT4 Correct User: What is 2+2?<|end_of_turn|>GPT4 Correct Assistant: 2+2 = 4."
                             "<|end_of_turn|>GPT4 Correct User: And 3+3?<|end_of_turn|>GPT4 Correct Assistant:",
@@ -226,7 +234,8 @@ def test_sweep_expansion_and_names(tmp_path):
 @pytest.mark.parametrize("body,key", [
     ({"grid": {"aot_penalti": ["hinge"]}}, "aot_penalti"),
     ({"runs": [{"learning_rat": 1e-5}]}, "learning_rat"),
-    ({"fixed": {"desirable_weight": 2.0}, "grid": {"seed": [1]}}, "desirable_weight"),  # a KTO key on a DPO-config base
+    ({"fixed": {"desirable_weight": 2.0}, "grid": {"seed": [1]}},
+     "desirable_weight"),  # a KTO key on a DPO-config base
     ({"runs": ["hinge"]}, "runs[0]"),
     ({"grid": {"output_dir": ["a"]}}, "output_dir"),
     ({"grid": {"aot_penalty": ["cubic"]}}, "aot_penalty"),
@@ -322,8 +331,10 @@ def local_data(tmp_path_factory):
     unpaired = read_jsonl(tiny["unpaired_train"])
     return {
         "tiny": tiny,
-        "ultrafeedback": {"train_prefs": _jsonl(d / "uf_train.jsonl", ultrafeedback(read_jsonl(tiny["paired_train"])[:32])),
-                          "test_prefs": _jsonl(d / "uf_test.jsonl", ultrafeedback(read_jsonl(tiny["paired_test"])[:8]))},
+        "ultrafeedback": {"train_prefs": _jsonl(d / "uf_train.jsonl",
+                                                ultrafeedback(read_jsonl(tiny["paired_train"])[:32])),
+                          "test_prefs": _jsonl(d / "uf_test.jsonl",
+                                               ultrafeedback(read_jsonl(tiny["paired_test"])[:8]))},
         "helpsteer": {"train": _jsonl(d / "hs_train.jsonl", _helpsteer_rows(unpaired[:48])),
                       "validation": _jsonl(d / "hs_val.jsonl", _helpsteer_rows(unpaired[48:56], start=1))},
         "beavertails": {"330k_train": _jsonl(d / "bt_train.jsonl", [

@@ -55,7 +55,8 @@ def test_train_script_exits_non_zero_with_the_message(tiny, tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), path], capture_output=True, text=True)
     assert done.returncode != 0
     assert f"error: {path}: aot_penalty: unknown penalty 'cubic'" in done.stderr
-    bad_override = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), path, "--aot_penalty", "logistic",
+    bad_override = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), path, "--aot_penalty",
+                                   "logistic",
                                    "--no_such_key", "1"], capture_output=True, text=True)
     assert bad_override.returncode != 0 and "--no_such_key" in bad_override.stderr
 

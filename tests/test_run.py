@@ -47,7 +47,8 @@ def test_make_train_default_runs_end_to_end(tmp_path, monkeypatch, capsys):
     # A second run with the SFT stage present does not retrain it; other settings go to another folder
     # (the finished run is not retrained in place with them, see test_identity.py).
     sft_mtime = (Path("runs/tiny-sft") / "run.json").stat().st_mtime
-    with pytest.raises(RecipeError, match=r"holds a finished run of another configuration; changed: max_steps: 4 -> 1"):
+    with pytest.raises(RecipeError,
+                       match=r"holds a finished run of another configuration; changed: max_steps: 4 -> 1"):
         train("recipes/tiny/aot_unpaired.yaml", ["--max_steps", "1", "--summary", "false"])
     train("recipes/tiny/aot_unpaired.yaml", ["--max_steps", "1", "--summary", "false", "--output_dir", "runs/other"])
     assert is_complete("runs/other")
@@ -72,4 +73,4 @@ def test_every_tiny_recipe_trains(tmp_path_factory, monkeypatch, method):
     out = train(f"recipes/tiny/{method}.yaml", ["--precompute_ref_log_probs", "false", "--summary", "false"])
     assert is_complete(out) and (out / "model.safetensors").exists()
     losses = [h["loss"] for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
-    assert len(losses) == 2 and all(l == l for l in losses)  # two real steps, no NaN
+    assert len(losses) == 2 and all(x == x for x in losses)  # two real steps, no NaN

@@ -170,7 +170,8 @@ def test_heldout_logps_equal_trl_reference_logps(tiny, tmp_path):
     trl_chosen, trl_rejected = trainer.compute_ref_log_probs(trainer.ref_model, batch)
     torch.testing.assert_close(completion_logps(trainer.ref_model, tokenizer, data["prompt"], data["chosen"]).float(),
                                trl_chosen, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(completion_logps(trainer.ref_model, tokenizer, data["prompt"], data["rejected"]).float(),
+    torch.testing.assert_close(completion_logps(trainer.ref_model, tokenizer, data["prompt"],
+                                                data["rejected"]).float(),
                                trl_rejected, rtol=1e-5, atol=1e-5)
 
 

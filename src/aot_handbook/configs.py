@@ -99,7 +99,8 @@ class AOTConfig(AOTArguments, DPOConfig):
     )
 
     def __post_init__(self):
-        variant = self.loss_type[0] if isinstance(self.loss_type, list) and len(self.loss_type) == 1 else self.loss_type
+        one = isinstance(self.loss_type, list) and len(self.loss_type) == 1
+        variant = self.loss_type[0] if one else self.loss_type
         if variant not in ("aot_paired", "aot_unpaired"):
             raise ValueError(f"loss_type must be 'aot_paired' or 'aot_unpaired', got {self.loss_type!r}")
         self.loss_type = variant
@@ -175,19 +176,23 @@ class HandbookKTOConfig(KTOConfig):
 class RecipeArguments:
     """Recipe keys that are neither model nor trainer arguments."""
 
-    method: str = field(default="", metadata={"help": f"One of {sorted(['aot_paired', 'aot_unpaired', 'dpo', 'ipo', 'kto', 'sft'])}."})
+    method: str = field(
+        default="", metadata={"help": f"One of {sorted(['aot_paired', 'aot_unpaired', 'dpo', 'ipo', 'kto', 'sft'])}."})
     dataset_mixture: dict | str | None = field(
         default=None, metadata={"help": "Datasets block; see data.py. On the command line: JSON (or YAML flow)."}
     )
     tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Defaults to the model's."})
-    chat_template: str | None = field(default=None, metadata={"help": "A Jinja chat template to set on the tokenizer."})
+    chat_template: str | None = field(
+        default=None, metadata={"help": "A Jinja chat template to set on the tokenizer."})
     requires: list[str] | None = field(
-        default=None, metadata={"help": "Recipes whose runs must exist first (trained if missing), e.g. the SFT stage."}
+        default=None,
+        metadata={"help": "Recipes whose runs must exist first (trained if missing), e.g. the SFT stage."}
     )
     tiny_assets: str | None = field(
         default=None, metadata={"help": "Build the offline tiny model and task into this folder if missing."}
     )
-    summary: bool = field(default=True, metadata={"help": "Evaluate on the test split and print a summary at the end."})
+    summary: bool = field(
+        default=True, metadata={"help": "Evaluate on the test split and print a summary at the end."})
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Train from scratch into output_dir even if it holds a finished run or checkpoints of "
@@ -295,7 +300,8 @@ def parse_recipe(path: str, overrides: list[str] | None = None, *, config_class:
     method = _method_from(overrides, raw, path)
     config_class = config_class or METHODS[method][0]
     loss_type = METHODS[method][2]
-    if "loss_type" in raw and raw["loss_type"] not in (loss_type, [loss_type]) and config_class is not AOTUnpairedConfig:
+    other_loss = "loss_type" in raw and raw["loss_type"] not in (loss_type, [loss_type])
+    if other_loss and config_class is not AOTUnpairedConfig:
         raise ValueError(f"{path}: key 'loss_type' is set by 'method: {method}'; remove it")
     defaults = {"output_dir": str(Path("runs") / f"{Path(path).parent.name}-{Path(path).stem}")}
     if loss_type and config_class is not AOTUnpairedConfig:

@@ -171,7 +171,7 @@ def check_aot_steps(arch: str, variant: str, *, device: str, dtype, shape: str =
         raise AssertionError("the base weights are trainable (LoRA should freeze them)")
     packing = getattr(trainer, "_packing", {}).get("off", "n/a (unpaired rows)") or "one row per pair"
     mem = f", peak {max(memory.peaks):.0f} MiB/step" if memory.peaks else ""
-    return f"losses {', '.join(f'{l:.3f}' for l in losses)}; {packing}{mem}"
+    return f"losses {', '.join(f'{x:.3f}' for x in losses)}; {packing}{mem}"
 
 
 def packed_vs_two_rows(arch: str, *, device: str, dtype, shape: str = "small", attn: str = "sdpa") -> float:

@@ -8,12 +8,11 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 from accelerate import PartialState
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, get_quantization_config
 
 from .configs import RecipeArguments
-
 
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.safetensors.index.json", "*.bin.index.json")
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")

@@ -101,7 +101,7 @@ def run_statistics(run_path: str, rows: list[dict], *, beta: float | None = None
         reference = policy.disable_adapter
     else:
         policy = AutoModelForCausalLM.from_pretrained(run.model)
-        reference, _ = load_model_and_tokenizer(run.reference, None, dtype="float32") if run.reference else (None, None)
+        reference = load_model_and_tokenizer(run.reference, None, dtype="float32")[0] if run.reference else None
         if reference is None:
             raise ValueError(f"{run_path}: recipe.json names no model_name_or_path to use as the reference")
     return paired_statistics(policy, reference, tokenizer, rows, beta=beta, batch_size=batch_size)
@@ -114,7 +114,8 @@ def heldout_rows(run_path: str, data: str | None = None, *, max_rows: int = 512)
 
     if data:
         text = Path(data).read_text()
-        rows = json.loads(text) if data.endswith(".json") else [json.loads(l) for l in text.splitlines() if l.strip()]
+        lines = text.splitlines()
+        rows = json.loads(text) if data.endswith(".json") else [json.loads(line) for line in lines if line.strip()]
     else:
         run = RunInfo.from_path(run_path)
         if run.recipe.get("tiny_assets"):
@@ -131,7 +132,8 @@ def heldout_rows(run_path: str, data: str | None = None, *, max_rows: int = 512)
             rows = [mixture["test"][i] for i in range(min(max_rows, len(mixture["test"])))]
     missing = {"prompt", "chosen", "rejected"} - set(rows[0]) if rows else {"rows"}
     if missing:
-        raise ValueError(f"{data or run_path}: held-out data needs columns prompt, chosen, rejected; missing {sorted(missing)}")
+        raise ValueError(f"{data or run_path}: held-out data needs columns prompt, chosen, rejected; "
+                         f"missing {sorted(missing)}")
     return rows[:max_rows]
 
 
@@ -161,7 +163,8 @@ def figure2(results: list[dict], path: str | Path) -> Path:
                 if not xs:
                     continue
                 if name == "tiny-batch":
-                    ax.errorbar([int(x) for x in xs], mean, yerr=std, marker="o", capsize=3, label=f"AOT unpaired {nll}")
+                    ax.errorbar([int(x) for x in xs], mean, yerr=std, marker="o", capsize=3,
+                                label=f"AOT unpaired {nll}")
                     ax.set_xscale("log", base=2)
                     ax.set_xticks([int(x) for x in xs], xs)
                 else:

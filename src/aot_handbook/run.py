@@ -33,6 +33,7 @@ from .model_utils import check_model_path, load_model, load_tokenizer, weight_fi
 from .plots import quantile_plot
 from .trainer import AOTTrainer, HandbookDPOTrainer, HandbookKTOTrainer, UnpairedAOTTrainer
 
+
 class RecipeError(ValueError):
     """The recipe, its overrides or its data are wrong (the message names the key, column or file).
     Raised before training starts; an error during training keeps its own type and traceback."""
@@ -346,7 +347,8 @@ def train(recipe_path: str, overrides: list[str] | None = None) -> Path:
         for stale in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
             shutil.rmtree(stale, ignore_errors=True)  # every rank may try: the first one wins
     write_json(out / "fingerprint.json", identity)
-    write_json(out / "recipe.json", {"path": recipe.path, "overrides": recipe.overrides, "recipe": _redacted(recipe.raw)})
+    write_json(out / "recipe.json",
+               {"path": recipe.path, "overrides": recipe.overrides, "recipe": _redacted(recipe.raw)})
     if checkpoint:
         _say(f"[aot-handbook] resuming from {checkpoint}")
     trainer.train(resume_from_checkpoint=checkpoint)

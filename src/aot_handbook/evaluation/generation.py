@@ -33,12 +33,14 @@ def load_instructions(source: str, *, limit: int | None = None) -> list[dict]:
     path = Path(source)
     if path.is_file():
         text = path.read_text()
-        rows = json.loads(text) if path.suffix == ".json" else [json.loads(l) for l in text.splitlines() if l.strip()]
+        lines = text.splitlines()
+        rows = json.loads(text) if path.suffix == ".json" else [json.loads(line) for line in lines if line.strip()]
     elif source in ("tatsu-lab/alpaca_eval", "alpaca_eval"):
         from huggingface_hub import hf_hub_download
 
         try:
-            rows = json.loads(Path(hf_hub_download(ALPACA_EVAL_HUB[0], ALPACA_EVAL_HUB[1], repo_type="dataset")).read_text())
+            downloaded = hf_hub_download(ALPACA_EVAL_HUB[0], ALPACA_EVAL_HUB[1], repo_type="dataset")
+            rows = json.loads(Path(downloaded).read_text())
         except Exception as exc:  # offline, no cache
             raise RuntimeError(
                 f"generation.instructions: could not load {source!r} from the hub ({type(exc).__name__}: {exc}). "
@@ -76,8 +78,8 @@ def end_of_turn_ids(tokenizer) -> list[int]:
         return []
     marker = "Zq"
     try:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": marker}],
-                                             tokenize=False)
+        turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": marker}]
+        text = tokenizer.apply_chat_template(turns, tokenize=False)
     except Exception as err:  # a template that refuses this conversation (jinja's raise_exception)
         logger.warning("chat template: no end-of-turn token found (%s); generation stops at EOS only", err)
         return []
