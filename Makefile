@@ -29,10 +29,10 @@ VALIDATE ?= recipes
 PYTEST_ARGS ?=
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: help setup test train validate-recipes sweep generate-recipes eval table plot bench reproduce-tiny gpu-check
+.PHONY: help setup lint test train validate-recipes sweep generate-recipes eval table plot bench reproduce-tiny gpu-check
 
 help:
-	@echo "make test | make train [RECIPE=recipes/...yaml] [ARGS='--key value ...']"
+	@echo "make test | make lint | make train [RECIPE=recipes/...yaml] [ARGS='--key value ...']"
 	@echo "  [ACCELERATE_CONFIG=recipes/accelerate_configs/fsdp.yaml NUM_PROCESSES=8]"
 	@echo "  (on CPU: ACCELERATE_CONFIG=recipes/accelerate_configs/ddp_cpu.yaml NUM_PROCESSES=2)"
 	@echo "make gpu-check          (bf16, SDPA/flash-attention, paged AdamW, QLoRA, vLLM on one GPU; <10 min)"
@@ -50,6 +50,10 @@ $(STAMP): setup.cfg pyproject.toml
 	@touch "$@"
 
 setup: $(STAMP)
+
+# ruff over the whole tree (pyproject.toml [tool.ruff]: line length 119, pyflakes, import order); run by .ci/run
+lint: $(STAMP)
+	"$(PY)" -m ruff check .
 
 test: validate-recipes
 	$(OFFLINE) "$(PY)" -m pytest $(PYTEST_ARGS)
