@@ -1,4 +1,4 @@
-"""Overhead of ``aot_global_sort`` (AOT_SPEC sec. 6): step time with the gather on vs off.
+"""Overhead of ``aot_global_sort`` (docs/MATH.md sec. 6): step time with the gather on vs off.
 
 One multi-process run (torchrun, gloo, CPU) of ``AOTTrainer`` on the tiny offline model; the
 option is switched every step (on, off, off, on, on, off, ...: interleaved and balanced, so

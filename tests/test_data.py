@@ -280,7 +280,7 @@ def test_empty_text_rows_dropped_and_logged_or_raised(tmp_path, caplog):
 
 
 def test_unpaired_classes_may_come_from_different_datasets(tmp_path):
-    # AOT_SPEC sec. 2: positives and negatives are drawn independently, so the class check is on the mixture
+    # docs/MATH.md sec. 2: positives and negatives are drawn independently, so the class check is on the mixture
     pos = [{"prompt": "x", "completion": f"good{i}", "label": True} for i in range(2)]
     neg = [{"prompt": "x", "completion": f"bad{i}", "label": 0} for i in range(3)]
     out = load(train_only(tmp_path, pos, "pos.jsonl"), train_only(tmp_path, neg, "neg.jsonl"), target="unpaired")

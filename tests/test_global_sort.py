@@ -1,4 +1,4 @@
-"""The global sort across data-parallel ranks (AOT_SPEC sec. 6) is exact: real processes, gloo, CPU.
+"""The global sort across data-parallel ranks (docs/MATH.md sec. 6) is exact: real processes, gloo, CPU.
 
 With R data-parallel ranks, ``aot_global_sort`` gathers u and v from every rank (an autograd
 all-gather) and sorts the global set. The claim under test: every rank's loss and the

@@ -18,7 +18,7 @@ SOFT = [s for s in SORTS if s != "hard"]
 
 
 def _cost(penalty, beta, u, v):
-    """M[i, j] = h(beta * (u_i - v_j)), the transport cost POT gets (AOT_SPEC sec. 3)."""
+    """M[i, j] = h(beta * (u_i - v_j)), the transport cost POT gets (docs/MATH.md sec. 3)."""
     z = beta * (u[:, None] - v[None, :])
     return PENALTIES[penalty](torch.as_tensor(z), 0.0).numpy()
 

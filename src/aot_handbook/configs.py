@@ -42,7 +42,7 @@ class AOTArguments:
     aot_global_sort: bool | None = field(
         default=None,
         metadata={
-            "help": "Sort u and v over every data-parallel rank (AOT_SPEC sec. 6). None = on when world size > 1."
+            "help": "Sort u and v over every data-parallel rank (docs/MATH.md sec. 6). None = on when world size > 1."
         },
     )
     aot_positive_share: float = field(
@@ -87,7 +87,7 @@ class AOTConfig(AOTArguments, DPOConfig):
     """AOT on paired-format data (prompt, chosen, rejected), on top of TRL's DPOConfig.
 
     ``loss_type``: ``aot_paired`` (U = policy margins, V = reference margins) or
-    ``aot_unpaired`` (U = chosen log-ratios, V = rejected log-ratios), AOT_SPEC sec. 2.
+    ``aot_unpaired`` (U = chosen log-ratios, V = rejected log-ratios), docs/MATH.md sec. 2.
     """
 
     loss_type: str = field(default="aot_unpaired", metadata={"help": "aot_paired or aot_unpaired."})

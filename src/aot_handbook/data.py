@@ -1,7 +1,7 @@
 """A recipe's `dataset_mixture` block -> train/test `datasets.Dataset`s in the format a method needs.
 
 Formats use TRL's column names (FORMATS): paired for DPO, IPO and AOT paired; unpaired for KTO and AOT
-unpaired (AOT_SPEC sec. 2); sft. Values stay plain strings or conversational {role, content} lists, as TRL
+unpaired (docs/MATH.md sec. 2); sft. Values stay plain strings or conversational {role, content} lists, as TRL
 takes them: the trainers apply chat templates. Keys of one dataset entry (defaults as in DatasetSpec):
 
     path: HuggingFaceH4/ultrafeedback_binarized  # hub id or folder for load_dataset; or omit, give data_files
@@ -42,7 +42,7 @@ NONE = type(None)
 
 def score_threshold(train_scores, threshold: float | str = "median") -> float:
     """The cut for `binarize`: a number, or "median" of the train split's scores. The paper binarizes
-    HelpSteer and BeaverTails at the median of the summed attribute scores (AOT_SPEC sec. 2)."""
+    HelpSteer and BeaverTails at the median of the summed attribute scores (docs/MATH.md sec. 2)."""
     return float(np.median(np.asarray(train_scores, dtype=float))) if threshold == "median" else float(threshold)
 
 
@@ -350,7 +350,7 @@ def _concatenate(group: list[tuple[str, datasets.Dataset]]) -> datasets.Dataset:
 def load_mixture(mixture: DatasetMixture, *, target: str) -> datasets.DatasetDict:
     """Load every dataset, bring it to `target`'s format and concatenate: keys `train` and, if any dataset
     has a test split, `test`. "paired_or_unpaired" keeps paired data paired (AOT unpaired then ignores the
-    pairing, AOT_SPEC sec. 2) unless `unpair: true` or the mixture also holds unpaired data."""
+    pairing, docs/MATH.md sec. 2) unless `unpair: true` or the mixture also holds unpaired data."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     if mixture.unpair and target == "paired":
@@ -378,7 +378,7 @@ def load_mixture(mixture: DatasetMixture, *, target: str) -> datasets.DatasetDic
     if len(out["train"]) == 0:
         raise ValueError(f"dataset_mixture: the train split is empty ({names})")
     if final == "unpaired" and len(set(out["train"]["label"])) < 2:
-        # checked on the mixture: positives and negatives may come from different datasets (AOT_SPEC sec. 2)
+        # checked on the mixture: positives and negatives may come from different datasets (docs/MATH.md sec. 2)
         raise ValueError(f"dataset_mixture: unpaired train data has only label={out['train'][0]['label']} rows "
                          f"({names}); AOT unpaired needs positives and negatives")
     out["train"] = out["train"].shuffle(seed=mixture.seed)

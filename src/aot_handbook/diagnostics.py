@@ -1,4 +1,4 @@
-"""First-order stochastic dominance (FSD) diagnostics of U over V (AOT_SPEC sec. 2-3).
+"""First-order stochastic dominance (FSD) diagnostics of U over V (docs/MATH.md sec. 2-3).
 
 All are read off the exact monotone coupling the loss uses (``loss.quantile_coupling``),
 so "the quantiles the trainer logs" and "the quantiles the loss sorts" are the same thing.

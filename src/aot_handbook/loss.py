@@ -1,9 +1,9 @@
 """The AOT loss: first-order stochastic dominance of U over V, relaxed to 1-D optimal transport.
 
 Paper: Melnyk, Mroueh et al., "Distributional Preference Alignment of LLMs via Optimal
-Transport", NeurIPS 2024 (arXiv 2406.05882). Conventions: ``shared/AOT_SPEC.md``.
+Transport", NeurIPS 2024 (arXiv 2406.05882). Conventions: ``docs/MATH.md``.
 
-    eps(theta) = int_0^1 h(Q_U(t) - Q_V(t)) dt = OT_h(mu_U, mu_V)          (AOT_SPEC sec. 3)
+    eps(theta) = int_0^1 h(Q_U(t) - Q_V(t)) dt = OT_h(mu_U, mu_V)          (docs/MATH.md sec. 3)
 
 For convex ``h`` the monotone coupling is optimal, so the loss needs only sorting:
 ``u`` and ``v`` are sorted, the quantile levels of both empirical measures are merged
@@ -13,7 +13,7 @@ with one of ``v``. For n == m with uniform weights this is the paper's
 optimum of the transport linear program (checked against POT's ``ot.emd2`` in tests).
 
 Pure functions on tensors: no trainer, no model. ``u`` and ``v`` are what the trainer
-computes (AOT_SPEC sec. 2): policy vs reference margins (paired) or chosen vs rejected
+computes (docs/MATH.md sec. 2): policy vs reference margins (paired) or chosen vs rejected
 log-ratios (unpaired).
 """
 
@@ -26,11 +26,11 @@ from .softsort import SOFT_SORTS
 
 
 def _logistic(z, label_smoothing):
-    # TRL's convention for the smoothed logistic loss (AOT_SPEC sec. 4).
+    # TRL's convention for the smoothed logistic loss (docs/MATH.md sec. 4).
     return -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
 
 
-PENALTIES = {  # h(z), z = beta * (quantile gap); all convex (AOT_SPEC sec. 4)
+PENALTIES = {  # h(z), z = beta * (quantile gap); all convex (docs/MATH.md sec. 4)
     "logistic": _logistic,
     "hinge": lambda z, _: torch.relu(1 - z),
     "squared_hinge": lambda z, _: torch.relu(1 - z) ** 2,
@@ -65,7 +65,7 @@ def _sample_weights(w, x: torch.Tensor, name: str) -> torch.Tensor:
 def _sort(x: torch.Tensor, w: torch.Tensor, sort: str, options: dict):
     """Ascending order statistics of x and the weights that travel with them."""
     if sort == "hard":
-        # torch.sort backpropagates through the values with the permutation held fixed (AOT_SPEC sec. 5).
+        # torch.sort backpropagates through the values with the permutation held fixed (docs/MATH.md sec. 5).
         values, perm = torch.sort(x)
         return values, w[perm]
     if not torch.allclose(w, torch.full_like(w, 1.0 / w.numel())):

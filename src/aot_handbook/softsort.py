@@ -1,4 +1,4 @@
-"""Differentiable (soft) ascending sorts for AOT's ``sort`` option (AOT_SPEC sec. 5).
+"""Differentiable (soft) ascending sorts for AOT's ``sort`` option (docs/MATH.md sec. 5).
 
 Hard sorting holds the permutation fixed in the backward pass; a soft sort lets the
 gradient flow through the ranking as well. Both methods tend to ``torch.sort`` as
