@@ -87,19 +87,19 @@ def test_multivariate_d1_squared_hinge_is_the_1d_ratio_and_swaps():
 def test_logistic_tends_to_hinge():
     pytest.importorskip("ot")
     rng = np.random.default_rng(5)
-    x, y = rng.normal(0.3, 1, (50, 2)), rng.normal(0, 1, (50, 2))
+    x, y = rng.normal(0.3, 1, (40, 2)), rng.normal(0, 1, (40, 2))
     hinge = D.multivariate_violation_ratio(x, y, cost="hinge", reg=0).ratio
     errs = [abs(D.multivariate_violation_ratio(x, y, cost="logistic", beta=b, reg=e).ratio - hinge)
-            for b, e in [(2, 0.1), (8, 0.03), (32, 0.01), (128, 0.003)]]
+            for b, e in [(2, 0.1), (8, 0.03), (32, 0.01), (96, 0.004)]]
     assert all(a > b for a, b in zip(errs, errs[1:])), errs
     assert errs[-1] < 0.02, errs
 
 
 def test_clt_variance_agrees_with_full_bootstrap():
     rng = np.random.default_rng(6)
-    x, y = rng.normal(0.3, 1, (60, 2)), rng.normal(0, 1, (50, 2))
-    r = D.multivariate_violation_ratio(x, y, cost="logistic", beta=5, reg=0.1)
-    boot = D.multivariate_bootstrap_se(x, y, cost="logistic", beta=5, reg=0.1, n_boot=200, seed=0)
+    x, y = rng.normal(0.3, 1, (50, 2)), rng.normal(0, 1, (40, 2))
+    r = D.multivariate_violation_ratio(x, y, cost="logistic", beta=5, reg=0.2)
+    boot = D.multivariate_bootstrap_se(x, y, cost="logistic", beta=5, reg=0.2, n_boot=200, seed=0)
     assert abs(r.se / boot - 1) < 0.2, (r.se, boot)
     assert r.ci[0] < r.ratio < r.ci[1]
 
@@ -120,12 +120,12 @@ def test_eps_min_agrees_with_deepsig_aso():
     from deepsig.aso import compute_violation_ratio
     x, y = rng.normal(0.1, 1, 120), rng.normal(0, 1.4, 120)
     ours = D.almost_dominance_test(x, y, interval="normal", n_boot=1000, alpha=0.05, seed=0)
-    theirs = deepsig.aso(x, y, confidence_level=0.95, num_bootstrap_iterations=150, dt=0.001,
+    theirs = deepsig.aso(x, y, confidence_level=0.95, num_bootstrap_iterations=100, dt=0.002,
                          seed=0, show_progress=False)
     # Monte-Carlo error of eps_min = eps + 1.645 se: the se of a bootstrap sd is se / sqrt(2B);
     # deepsig integrates on a grid of step dt (its eps differs from the exact one by O(dt)).
-    mc = 1.645 * ours.se * math.sqrt(1 / 2000 + 1 / 300)
-    grid = abs(ours.eps - compute_violation_ratio(x, y, dt=0.001))
+    mc = 1.645 * ours.se * math.sqrt(1 / 2000 + 1 / 200)
+    grid = abs(ours.eps - compute_violation_ratio(x, y, dt=0.002))
     assert abs(ours.eps_min - theirs) < 3 * mc + grid, (ours, theirs, mc, grid)
 
 
@@ -158,8 +158,8 @@ def test_relative_test_calibration_two_equal_of_four():
     rng = np.random.default_rng(10)
     equal, wrong = [], []
     for r in range(400):
-        z = rng.normal(0, 1, 100)                        # shared prompt difficulty (paired)
-        s = {m: z + rng.normal(mu, 1, 100) for m, mu in zip("abcd", (0.0, 0.0, 1.0, -1.0))}
+        z = rng.normal(0, 1, 60)                         # shared prompt difficulty (paired)
+        s = {m: z + rng.normal(mu, 1, 60) for m, mu in zip("abcd", (0.0, 0.0, 1.0, -1.0))}
         res = D.relative_test(s, n_boot=200, paired=True, seed=r)
         equal.append(res.beats("a", "b") or res.beats("b", "a"))
         wrong.append(res.beats("d", "a"))
@@ -171,7 +171,7 @@ def test_relative_test_calibration_two_equal_of_four():
 def test_relative_test_power_and_unpaired():
     rng = np.random.default_rng(11)
     hits = [D.relative_test({m: rng.normal(mu, 1, 500) for m, mu in zip("abcd", (0, 0, 0.25, -0.25))},
-                            n_boot=200, seed=r).beats("c", "d") for r in range(40)]
+                            n_boot=200, seed=r).beats("c", "d") for r in range(25)]
     assert np.mean(hits) >= 0.8                          # shift 0.5 sd between c and d, n = 500
 
 
