@@ -78,6 +78,21 @@ def _positive_sq_integral(a: np.ndarray, b: np.ndarray, length: np.ndarray) -> t
     return full, pos
 
 
+def _num_den(xs: np.ndarray, ys: np.ndarray, order: int, grid) -> tuple[np.ndarray, np.ndarray]:
+    """(int (G_y - G_x)_+^2, int (G_y - G_x)^2) for batches of sorted samples."""
+    dt, ix, iy = grid if grid is not None else quantile_grid(xs.shape[-1], ys.shape[-1])
+    # equal sizes: the levels are i/n for both, no gather needed
+    gap = ys - xs if xs.shape[-1] == ys.shape[-1] else ys[..., iy] - xs[..., ix]
+    if order == 1:
+        return (np.maximum(gap, 0.0) ** 2) @ dt, (gap * gap) @ dt
+    if order == 2:
+        d = np.cumsum(gap * dt, axis=-1)
+        a = np.concatenate([np.zeros_like(d[..., :1]), d[..., :-1]], axis=-1)
+        full, pos = _positive_sq_integral(a, d, dt)
+        return pos.sum(-1), full.sum(-1)
+    raise ValueError(f"order must be 1 or 2, got {order!r}")
+
+
 def ratios_sorted(xs: np.ndarray, ys: np.ndarray, *, order: int = 1, grid=None) -> np.ndarray:
     """Violation ratios eps(x, y) for batches of SORTED samples, xs (..., n), ys (..., m).
 
@@ -86,21 +101,14 @@ def ratios_sorted(xs: np.ndarray, ys: np.ndarray, *, order: int = 1, grid=None) 
     interval and its (positive part) squared integrates in closed form.
     Identical curves (zero distance) give 0.5, which keeps eps(x, y) + eps(y, x) = 1.
     """
-    dt, ix, iy = grid if grid is not None else quantile_grid(xs.shape[-1], ys.shape[-1])
-    # equal sizes: the levels are i/n for both, no gather needed
-    gap = ys - xs if xs.shape[-1] == ys.shape[-1] else ys[..., iy] - xs[..., ix]
-    if order == 1:
-        den = (gap * gap) @ dt
-        num = (np.maximum(gap, 0.0) ** 2) @ dt
-    elif order == 2:
-        d = np.cumsum(gap * dt, axis=-1)
-        a = np.concatenate([np.zeros_like(d[..., :1]), d[..., :-1]], axis=-1)
-        full, pos = _positive_sq_integral(a, d, dt)
-        den, num = full.sum(-1), pos.sum(-1)
-    else:
-        raise ValueError(f"order must be 1 or 2, got {order!r}")
+    num, den = _num_den(xs, ys, order, grid)
     same = den == 0.0          # identical quantile curves: every gap is exactly 0
     return np.where(same, 0.5, num / np.where(same, 1.0, den))
+
+
+def sq_distance_sorted(xs: np.ndarray, ys: np.ndarray, *, order: int = 1, grid=None) -> np.ndarray:
+    """``int (G_y - G_x)^2``: the squared W2 distance (order 1), the ratio's denominator."""
+    return _num_den(xs, ys, order, grid)[1]
 
 
 def violation_ratio(x, y, *, order: int = 1) -> float:
@@ -209,6 +217,18 @@ def almost_dominance_test(x, y, *, threshold: float = 0.5, alpha: float = 0.05, 
     return AbsoluteTest(eps, se, float(np.clip(eps_min, 0.0, 1.0)), threshold, alpha, p, interval)
 
 
+def mean_ci(x, *, alpha: float = 0.05, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): percentile bootstrap (1 - alpha) interval of the mean over samples
+    (prompts). Used by ``make compare`` and the cells of ``make table``."""
+    a = _as_scores(x)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_boot, 2_000_000 // a.size))
+    means = np.concatenate([a[rng.integers(0, a.size, size=(min(chunk, n_boot - s), a.size))].mean(-1)
+                            for s in range(0, n_boot, chunk)])
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(a.mean()), float(lo), float(hi)
+
+
 # --------------------------------------------------------------------------------------
 # The relative test over k models
 # --------------------------------------------------------------------------------------
@@ -246,23 +266,6 @@ def adjust_p(p: np.ndarray, method: str = "holm") -> np.ndarray:
         out[order] = stepped
         return out
     raise ValueError(f"correction must be holm, bonferroni or none, got {method!r}")
-
-
-def _ratio(S: list[np.ndarray], a: int, b: int, order: int, grids: dict) -> np.ndarray:
-    if a < b:
-        return ratios_sorted(S[a], S[b], order=order, grid=grids[a, b])
-    return 1.0 - ratios_sorted(S[b], S[a], order=order, grid=grids[b, a])
-
-
-def _delta(S: list[np.ndarray], i: int, j: int, order: int, grids: dict) -> np.ndarray:
-    """eps_i - eps_j from the 2k - 3 ratios it involves:
-    ``[2 eps(i, j) - 1 + sum_{l != i, j} (eps(i, l) - eps(j, l))] / (k - 1)``."""
-    k = len(S)
-    tot = 2.0 * _ratio(S, i, j, order, grids) - 1.0
-    for l in range(k):
-        if l != i and l != j:
-            tot = tot + _ratio(S, i, l, order, grids) - _ratio(S, j, l, order, grids)
-    return tot / (k - 1)
 
 
 @dataclass
@@ -309,19 +312,23 @@ def relative_test(scores, *, order: int = 1, alpha: float = 0.05, n_boot: int = 
     variance; otherwise each model is resampled on its own.
 
     Ranking: by the one-versus-all ratio ``eps_i = mean_{j != i} eps(i, j)`` (lower is
-    better), with its bootstrap sd. Pairwise test of ``delta_ij = eps_i - eps_j``: the paper
-    divides delta by its bootstrap sd and reads a normal p-value. That is not valid where it
-    matters most, two models of the same quality: eps(i, j) between equal distributions
-    does not converge to 1/2 but stays spread over [0, 1] at every n (0/0 in the limit), and
-    the bootstrap around the sample underestimates that spread (we measured 20% rejections
-    at alpha = 5%; docs/DOMINANCE.md). So each pair's p-value comes from a permutation test
-    of the same statistic delta_ij, which is exact when i and j are interchangeable: paired,
-    the two answers of each prompt are swapped at random; unpaired, the pooled scores of i
-    and j are dealt out again; the other models stay as observed.
-    ``p = (1 + #{|delta*| >= |delta|}) / (n_boot + 1)``, so n_boot bounds the smallest
-    p-value: keep ``n_boot >= 20 * k(k-1)/2 / alpha`` (the default 1000 suffices for k <= 7;
-    ``make compare`` raises it for more models). The null tested is "i and j are
-    interchangeable", the sign of delta gives the direction of a rejection.
+    better), with its bootstrap sd; ``delta_ij = eps_i - eps_j`` with its bootstrap sd.
+
+    Pairwise verdicts. The paper divides delta_ij by its bootstrap sd and reads a normal
+    p-value. That fails where it matters most, two models of the same quality: eps(i, j)
+    between equal distributions does not converge to 1/2 but stays spread over [0, 1] at every
+    n (0/0 in the limit), and the bootstrap around the sample underestimates that spread (20%
+    rejections at alpha = 5% in docs/DOMINANCE.md). A permutation test of delta itself is
+    exact there but has no power on 0/1 scores (accuracy), where every ratio is 0, 1/2 or 1
+    whatever the gap in accuracy. So each pair gets a permutation test of "i and j are
+    interchangeable" with the squared distance between their (order-1 or order-2) quantile
+    curves, the ratio's denominator, as statistic: exact for any n, powerful against any
+    difference, also on 0/1 scores. Paired, the two answers of each prompt are swapped at
+    random; unpaired, the pooled scores of i and j are dealt out again.
+    ``p = (1 + #{dist* >= dist}) / (n_boot + 1)``; a rejected pair's direction is the sign of
+    delta_ij ("i beats j": rejected and eps_i < eps_j). n_boot bounds the smallest p-value:
+    keep ``n_boot >= 2 * k(k-1)/2 / alpha`` so that the first Holm step can pass (the default
+    1000 suffices for k <= 7; ``make compare`` raises it for more models).
     ``correction`` over the k(k-1)/2 pairs: Holm (default) controls the same family-wise
     error as Bonferroni and is never less powerful; a pair of truly equal models is then
     rejected at about alpha once the clearly different pairs are out (Bonferroni:
@@ -360,23 +367,23 @@ def relative_test(scores, *, order: int = 1, alpha: float = 0.05, n_boot: int = 
         S = [np.sort(r, axis=-1) for r in R]
         boot_eps.append(one_versus_all(_pair_matrix(S, order, grids)))
         for i, j in pairs:
-            # permutation draws: the other models stay as observed
+            # permutation draws of the distance between i and j; the other models play no part
             if paired:
                 swap = rng.random((reps, samples[i].size)) < 0.5
                 ri, rj = np.where(swap, samples[j], samples[i]), np.where(swap, samples[i], samples[j])
             else:
                 perm = rng.permuted(np.tile(np.concatenate([samples[i], samples[j]]), (reps, 1)), axis=1)
                 ri, rj = perm[:, :samples[i].size], perm[:, samples[i].size:]
-            Sn = list(S0)
-            Sn[i], Sn[j] = np.sort(ri, axis=-1), np.sort(rj, axis=-1)
-            null[i, j].append(_delta(Sn, i, j, order, grids))
+            null[i, j].append(sq_distance_sorted(np.sort(ri, axis=-1), np.sort(rj, axis=-1), order=order,
+                                                 grid=grids[i, j]))
         if bar is not None:
             bar.update(reps)
     if bar is not None:
         bar.close()
     b = np.concatenate(boot_eps)                       # (n_boot, k)
     delta_se = (b[:, :, None] - b[:, None, :]).std(0)
-    raw = np.array([(1 + np.sum(np.abs(np.concatenate(null[i, j])) >= abs(delta[i, j]) - 1e-12)) / (n_boot + 1)
+    dist = {(i, j): float(sq_distance_sorted(S0[i], S0[j], order=order, grid=grids[i, j])) for i, j in pairs}
+    raw = np.array([(1 + np.sum(np.concatenate(null[i, j]) >= dist[i, j] * (1 - 1e-9))) / (n_boot + 1)
                     for i, j in pairs])
     adj = adjust_p(raw, correction)
     p = np.ones((k, k))

@@ -32,8 +32,10 @@ def model_args(model: str, adapter: str | None, extra: str | None = None) -> str
 def run_lm_eval(model: str, adapter: str | None, *, tasks: list[str], columns: dict[str, str],
                 num_fewshot: int | None = 0, batch_size: int | str = "auto", limit: int | float | None = None,
                 include_path: str | None = None, device: str | None = None, model_extra: str | None = None,
-                apply_chat_template: bool = False) -> tuple[dict, dict]:
-    """(scores: column -> percent, details: lm-eval's per-task results and config)."""
+                apply_chat_template: bool = False, bootstrap_iters: int = 1000) -> tuple[dict, dict]:
+    """(scores: column -> percent, details: lm-eval's per-task results and config, its standard
+    errors per column (``stderr``, percent; analytic for means, ``bootstrap_iters`` resamples
+    otherwise) and ``samples``: one row per task document with that document's column scores)."""
     try:
         import lm_eval
         from lm_eval.tasks import TaskManager
@@ -51,7 +53,7 @@ def run_lm_eval(model: str, adapter: str | None, *, tasks: list[str], columns: d
         model="hf", model_args=model_args(model, adapter, model_extra), tasks=tasks, num_fewshot=num_fewshot,
         batch_size=batch_size, limit=limit, device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
         task_manager=TaskManager(include_path=include_path) if include_path else TaskManager(),
-        apply_chat_template=apply_chat_template, log_samples=False, bootstrap_iters=0)
+        apply_chat_template=apply_chat_template, log_samples=True, bootstrap_iters=bootstrap_iters)
     results = out["results"]
     scores = {}
     for column, spec in columns.items():
@@ -60,10 +62,34 @@ def run_lm_eval(model: str, adapter: str | None, *, tasks: list[str], columns: d
             raise KeyError(f"columns.{column}: lm-eval returned no {metric!r} for task {task!r} "
                            f"(has: {sorted(results.get(task, {}))})")
         scores[column] = 100.0 * float(results[task][metric])
-    details = {"results": json.loads(json.dumps(results, default=str)),
+    stderr = {}
+    for column, spec in columns.items():
+        task, metric = spec.split("/", 1)
+        name, _, filt = metric.partition(",")
+        err = results[task].get(f"{name}_stderr,{filt}")
+        stderr[column] = 100.0 * float(err) if isinstance(err, (int, float)) else None
+    details = {"results": json.loads(json.dumps(results, default=str)), "stderr": stderr,
+               "samples": lm_eval_samples(out.get("samples") or {}, columns),
                "n_samples": out.get("n-samples"), "versions": out.get("versions"),
                "num_fewshot": num_fewshot, "limit": limit, "model_args": model_args(model, adapter, model_extra)}
     return scores, details
+
+
+def lm_eval_samples(logged: dict, columns: dict[str, str]) -> list[dict]:
+    """lm-eval's logged samples -> one row per (task, document): ``id`` ``task/doc_id`` and the
+    column scores in percent. A group column (e.g. ``mmlu``) takes the documents of its subtasks
+    (``mmlu_*``): their mean is the size-weighted group score."""
+    rows: dict[str, dict] = {}
+    for column, spec in columns.items():
+        task, metric = spec.split("/", 1)
+        name, _, filt = metric.partition(",")
+        for sub in [task] if task in logged else sorted(k for k in logged if k.startswith(task + "_")):
+            for s in logged[sub]:
+                if s.get("filter", "none") != (filt or "none") or name not in s:
+                    continue
+                row = rows.setdefault(f"{sub}/{s['doc_id']}", {"id": f"{sub}/{s['doc_id']}", "task": sub})
+                row[column] = 100.0 * float(s[name])
+    return list(rows.values())
 
 
 # ---------------------------------------------------------------- the tiny task as lm-eval tasks
