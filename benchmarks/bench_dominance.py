@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import math
 import pstats
 import time
 from statistics import NormalDist

@@ -40,7 +40,7 @@ def test_second_order_exact_against_quad():
         knots = np.linspace(0, 1, L + 1)
         Dk = np.concatenate([[0.0], np.cumsum(gap) / L])          # G_y - G_x at the knots
 
-        def d(p):
+        def d(p, knots=knots, Dk=Dk):
             return np.interp(p, knots, Dk)
 
         num = sum(quad(lambda p: max(d(p), 0.0) ** 2, a, b, epsabs=1e-14, epsrel=1e-13)[0]

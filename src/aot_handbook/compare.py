@@ -22,7 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from . import dominance as D
-from .evaluation.common import RESULTS_DIR, RunInfo, load_eval_recipe, read_samples, write_text
+from .evaluation.common import (
+    RESULTS_DIR,
+    RunInfo,
+    load_eval_recipe,
+    read_samples,
+    write_text,
+)
 
 EXTRAS = {"id", "task", "length", "reference_length"}  # per-sample fields that are not score columns
 
@@ -120,7 +126,7 @@ def _figure(metric: str, scores: dict[str, np.ndarray], path: Path, n_band: int 
         boot = np.sort(x[rng.integers(0, n, size=(n_band, n))], axis=-1)
         levels = np.arange(n + 1) / n
 
-        def integrated(s):
+        def integrated(s, levels=levels, n=n):
             return np.interp(t, levels, np.concatenate([[0.0], np.cumsum(s) / n]))
 
         for ax, curve, bands in ((axes[0], np.sort(x)[idx], boot[:, idx]),
