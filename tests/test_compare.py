@@ -152,3 +152,28 @@ def test_bad_input_names_the_run_and_metric(planted, tmp_path):
     (results / "short" / "tiny80.json").write_text(json.dumps(link))
     with pytest.raises(ValueError, match=r"run .*short: .*tiny80.json has no per-sample scores"):
         C.compare([strong, str(short)], **kw)
+
+
+def test_reproduce_claims_are_judged_by_the_relative_test(tmp_path):
+    """The claims report of `make reproduce-tiny` on result files written the way evaluations write them."""
+    from aot_handbook.evaluation.common import RunInfo, load_results, save_result
+    from aot_handbook.reproduce import claims_report
+
+    rng = np.random.default_rng(1)
+    recipe = {"name": "tiny", "kind": "tiny_task", "_path": "recipes/eval/tiny.yaml", "_sha256": "0"}
+    quality = {"aot_paired": 0.9, "aot_unpaired": 0.5, "dpo": 0.5, "kto": 0.5, "ipo": 0.5}
+    for method, q in quality.items():
+        for seed in (0, 1):
+            run = RunInfo(path=f"runs/{method}-{seed}", name=f"{method}-{seed}", method=method, model="m",
+                          base_model="tiny", dataset="tiny", nll_weight=1.0, batch_size=64, seed=seed,
+                          config_id=method, **({"sort": "hard", "penalty": "logistic"} if "aot" in method else {}))
+            wins = 100.0 * (rng.random(200) < q)
+            samples = [{"id": f"p{i}", "tiny:win_rate_vs_sft": w} for i, w in enumerate(wins)]
+            save_result(run, recipe, {"tiny:win_rate_vs_sft": wins.mean()}, {"samples": samples}, results_dir=tmp_path)
+    text = claims_report(load_results(tmp_path), tmp_path / "claims.md").read_text()
+    block = text.split("## 2. AOT beats")[1].split("##")[0]
+    assert "+ NLL (n = 200 prompts; ranking AOT paired > " in block
+    for other in ("DPO", "KTO", "IPO"):
+        assert f"AOT paired vs {other}: held" in block
+        assert f"AOT unpaired vs {other}: held" not in block           # 50% vs 50%
+    assert "no NLL: no per-sample scores for AOT paired" in block       # not evaluated: said, not guessed
