@@ -8,6 +8,7 @@ files, the test, the tables and figures) runs for real.
 """
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -154,22 +155,34 @@ def test_bad_input_names_the_run_and_metric(planted, tmp_path):
         C.compare([strong, str(short)], **kw)
 
 
-def test_reproduce_claims_are_judged_by_the_relative_test(tmp_path):
-    """The claims report of `make reproduce-tiny` on result files written the way evaluations write them."""
-    from aot_handbook.evaluation.common import RunInfo, load_results, save_result
-    from aot_handbook.reproduce import claims_report
+def _method_results(tmp_path):
+    """Result files of five methods x two seeds (+ NLL), written the way evaluations write them."""
+    from aot_handbook.evaluation.common import RunInfo, save_result
 
     rng = np.random.default_rng(1)
     recipe = {"name": "tiny", "kind": "tiny_task", "_path": "recipes/eval/tiny.yaml", "_sha256": "0"}
     quality = {"aot_paired": 0.9, "aot_unpaired": 0.5, "dpo": 0.5, "kto": 0.5, "ipo": 0.5}
+    wins = {}
     for method, q in quality.items():
         for seed in (0, 1):
             run = RunInfo(path=f"runs/{method}-{seed}", name=f"{method}-{seed}", method=method, model="m",
                           base_model="tiny", dataset="tiny", nll_weight=1.0, batch_size=64, seed=seed,
                           config_id=method, **({"sort": "hard", "penalty": "logistic"} if "aot" in method else {}))
-            wins = 100.0 * (rng.random(200) < q)
-            samples = [{"id": f"p{i}", "tiny:win_rate_vs_sft": w} for i, w in enumerate(wins)]
-            save_result(run, recipe, {"tiny:win_rate_vs_sft": wins.mean()}, {"samples": samples}, results_dir=tmp_path)
+            wins[method, seed] = w = 100.0 * (rng.random(200) < q)
+            samples = [{"id": f"p{i}", "tiny:win_rate_vs_sft": v} for i, v in enumerate(w)]
+            save_result(run, recipe, {"tiny:win_rate_vs_sft": w.mean()}, {"samples": samples}, results_dir=tmp_path)
+    old = RunInfo(path="runs/old", name="old", method="dpo", model="m", base_model="tiny", dataset="tiny",
+                  nll_weight=0.0, batch_size=64, seed=0, config_id="old")
+    save_result(old, recipe, {"tiny:win_rate_vs_sft": 40.0}, {}, results_dir=tmp_path)  # no per-sample scores
+    return wins
+
+
+def test_reproduce_claims_are_judged_by_the_relative_test(tmp_path):
+    """The claims report of `make reproduce-tiny`, on result files as evaluations write them."""
+    from aot_handbook.evaluation.common import load_results
+    from aot_handbook.reproduce import claims_report
+
+    _method_results(tmp_path)
     text = claims_report(load_results(tmp_path), tmp_path / "claims.md").read_text()
     block = text.split("## 2. AOT beats")[1].split("##")[0]
     assert "+ NLL (n = 200 prompts; ranking AOT paired > " in block
@@ -177,3 +190,19 @@ def test_reproduce_claims_are_judged_by_the_relative_test(tmp_path):
         assert f"AOT paired vs {other}: held" in block
         assert f"AOT unpaired vs {other}: held" not in block           # 50% vs 50%
     assert "no NLL: no per-sample scores for AOT paired" in block       # not evaluated: said, not guessed
+
+
+def test_table_cells_show_a_95_ci_over_prompts(tmp_path):
+    from aot_handbook.tables import render
+
+    wins = _method_results(tmp_path)
+    table = render("tiny1", tmp_path)["md"].read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| AOT paired | + NLL |"))
+    cell = row.split("|")[3].strip()
+    per_prompt = (wins["aot_paired", 0] + wins["aot_paired", 1]) / 2      # seeds averaged per prompt
+    se = per_prompt.std(ddof=1) / np.sqrt(per_prompt.size)
+    mean, lo, hi = re.fullmatch(r"([\d.]+) ± [\d.]+ \(n=2\) \[([\d.]+), ([\d.]+)\]", cell).groups()
+    assert float(mean) == pytest.approx(per_prompt.mean(), abs=0.05)
+    assert float(hi) - float(lo) == pytest.approx(2 * 1.96 * se, rel=0.2)  # the normal interval's width
+    old = next(line for line in table.splitlines() if line.startswith("| DPO | no NLL |"))
+    assert old.split("|")[3].strip() == "40.0 ± 0.0 (n=1)"                  # old results still render

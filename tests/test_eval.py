@@ -169,7 +169,7 @@ def test_alpaca_eval_chain_with_local_judge_server(runs, tmp_path, monkeypatch):
     assert prov["judge"]["base_url"] == url and prov["packages"]["alpaca-eval"] == "0.6.6" and prov["date"]
     table = render("tiny", results)["md"].read_text()
     lora_row = next(line for line in table.splitlines() if line.startswith("| DPO |"))
-    assert f"| {expected['tiny:win_rate_vs_sft']:.1f} |" in lora_row
+    assert f"| {expected['tiny:win_rate_vs_sft']:.1f} [" in lora_row  # with its 95% CI over prompts
     for f in list(results.rglob("*")) + [recipe]:
         if f.is_file():
             assert FAKE_KEY.encode() not in f.read_bytes(), f"API key leaked into {f}"
@@ -228,7 +228,9 @@ def test_lm_eval_on_project_tasks_with_lora_adapter(runs, tmp_path):
         assert result["details"]["stderr"][column] == pytest.approx(statistics.stdev(vals) / n ** 0.5)
     table = render("tiny", results)["md"].read_text()
     row = next(line for line in table.splitlines() if line.startswith("| DPO |"))
-    assert row.endswith(f"| {result['scores']['tiny_mc']:.1f} | {result['scores']['tiny_gen']:.1f} |")
+    cells = [c.strip() for c in row.strip("|").split("|")][-2:]  # mean [95% CI over prompts]
+    assert [c.split(" [")[0] for c in cells] == [f"{result['scores'][k]:.1f}" for k in ("tiny_mc", "tiny_gen")]
+    assert all(c.endswith("]") for c in cells)
 
 
 def test_tiny_default_eval_scores_by_program_and_resumes(runs, tmp_path):

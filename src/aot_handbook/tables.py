@@ -2,8 +2,9 @@
 
 Each table is rows (method, optionally sort) x columns (score keys of the result files, see
 :mod:`aot_handbook.evaluation.common`), filtered by base model and dataset. A cell is the mean
-over the matching result files (seeds); Table 10 shows mean +- std over seeds. Missing cells are
-a dash. Scores are percentages, printed with one decimal as in the paper.
+over the matching result files (seeds); Table 10 shows mean +- std over seeds. Where the results
+keep per-sample scores, a cell also shows [low, high], the 95% bootstrap interval of its mean over
+prompts (``prompt_ci``). Missing cells are a dash. Scores are percentages, printed with one decimal as in the paper.
 
 Layouts (paper, Sec. 5 and App. H):
   1     Merlinite-7B on UltraFeedback: methods x AlpacaEval (GPT-4, LC) + six benchmarks
@@ -167,7 +168,8 @@ def _matches(run: dict, where: dict) -> bool:
     return True
 
 
-def cell_values(results: list[dict], row: Row, key: str, where: dict | None = None) -> list[float]:
+def cell_values(results: list[dict], row: Row, key: str, where: dict | None = None, *,
+                with_results: bool = False) -> list[float]:
     where = {**row.where, **(where or {})}
     found = [r for r in results if _matches(r["run"], where) and r["scores"].get(key) is not None]
     for k, v in row.prefer.items():  # e.g. several sort variants: the paper's default one
@@ -179,7 +181,29 @@ def cell_values(results: list[dict], row: Row, key: str, where: dict | None = No
         runs = sorted(f"{r['run'].get('name')} ({r['run'].get('recipe_path')})" for r in found)
         raise ValueError(f"row {' / '.join(row.labels)!r}, column {key!r}: results of different configurations "
                          f"fall in one cell: {runs}. Keep one configuration per row in results/ (seeds only).")
-    return [float(r["scores"][key]) for r in found]
+    values = [float(r["scores"][key]) for r in found]
+    return (values, found) if with_results else values
+
+
+def prompt_ci(found: list[dict], key: str, *, alpha: float = 0.05) -> tuple[float, float] | None:
+    """95% bootstrap interval over prompts of a cell's mean, from the per-sample scores of its
+    results (seeds averaged per prompt first, so prompts are what is resampled); None when any
+    of them has no per-sample scores for ``key`` (older results, or a column without them)."""
+    from .dominance import mean_ci
+    from .evaluation.common import read_samples
+
+    per: dict[str, list[float]] = {}
+    for r in found:
+        rows = read_samples(r)
+        vals = [(str(x["id"]), float(x[key])) for x in rows or [] if x.get(key) is not None]
+        if not vals:
+            return None
+        for i, v in vals:
+            per.setdefault(i, []).append(v)
+    if len(per) < 2:
+        return None
+    _, lo, hi = mean_ci([sum(v) / len(v) for v in per.values()], alpha=alpha)
+    return lo, hi
 
 
 def build(table: Table, results: list[dict]) -> list[list[str]]:
@@ -189,15 +213,17 @@ def build(table: Table, results: list[dict]) -> list[list[str]]:
         cells = []
         for header, key, *rest in table.columns:
             options = rest[0] if rest else {}
-            values = cell_values(results, row, key, options.get("where"))
+            values, found = cell_values(results, row, key, options.get("where"), with_results=True)
             digits = options.get("digits", 1)
+            ci = prompt_ci(found, key) if values else None
+            ci = f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else ""  # 95% CI over prompts
             if not values:
                 cells.append("-")
             elif options.get("std", table.std):
                 std = statistics.stdev(values) if len(values) > 1 else 0.0
-                cells.append(f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f} (n={len(values)})")
+                cells.append(f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f} (n={len(values)}){ci}")
             else:
-                cells.append(f"{statistics.mean(values):.{digits}f}")
+                cells.append(f"{statistics.mean(values):.{digits}f}{ci}")
         out.append(list(row.labels) + cells)
     return out
 
