@@ -84,6 +84,16 @@ def test_multivariate_d1_squared_hinge_is_the_1d_ratio_and_swaps():
         assert abs(a + b - 1) < 1e-9
 
 
+@pytest.mark.parametrize("cost", ["hinge", "logistic"])
+def test_reverse_direction_from_one_solve_equals_its_own_solve(cost):
+    rng = np.random.default_rng(13)
+    x, y = torch.as_tensor(rng.normal(0.3, 1, (30, 2))), torch.as_tensor(rng.normal(0, 1, (25, 2)))
+    A, fA, gA, B, fB, gB = D._both_directions(x, y, cost, 5.0, 0.1, 5000, 1e-10)
+    B2, fB2, gB2 = D.sinkhorn_log(D.violation_cost(y, x, cost, 5.0), 0.1, tol=1e-10)
+    assert abs(float(B) - float(B2)) < 1e-8
+    assert torch.allclose(fB - fB.mean(), fB2 - fB2.mean(), atol=1e-6)   # potentials up to a constant
+
+
 def test_logistic_tends_to_hinge():
     pytest.importorskip("ot")
     rng = np.random.default_rng(5)

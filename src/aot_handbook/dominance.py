@@ -453,7 +453,7 @@ def violation_cost(x: torch.Tensor, y: torch.Tensor, cost: str = "logistic", bet
     return h.sum(-1)
 
 
-def sinkhorn_log(C: torch.Tensor, reg: float, *, max_iter: int = 5000, tol: float = 1e-7, f0=None, g0=None):
+def sinkhorn_log(C: torch.Tensor, reg: float, *, max_iter: int = 5000, tol: float = 1e-4, f0=None, g0=None):
     """Entropic OT between uniform weights, log domain, batched over leading dims of C (..., n, m).
 
     Solves min_P <P, C> + reg * KL(P | a b^T). Returns (value, f, g) with value = <a, f> + <b, g>
@@ -474,6 +474,24 @@ def sinkhorn_log(C: torch.Tensor, reg: float, *, max_iter: int = 5000, tol: floa
                 break
     value = f.mean(-1) + g.mean(-1)
     return value, f, g
+
+
+def _both_directions(X: torch.Tensor, Y: torch.Tensor, cost: str, beta: float, reg: float, max_iter: int, tol: float):
+    """OT(x, y) and OT(y, x) with their potentials, batched over leading dims.
+
+    For the hinge and the logistic cost h(t) - h(-t) = t, so the reverse cost is the forward one
+    plus a separable term: C_yx[j, i] = C_xy[i, j] + s(x_i) - s(y_j), s = sum over metrics. A
+    separable term shifts the (entropic) OT value by its means and the potentials by itself,
+    so one Sinkhorn solve gives both directions (half the work). The squared hinge needs two.
+    Returns (A, fA on x, gA on y, B, fB on y, gB on x).
+    """
+    A, fA, gA = sinkhorn_log(violation_cost(X, Y, cost, beta), reg, max_iter=max_iter, tol=tol)
+    if cost in ("hinge", "logistic"):
+        sx, sy = X.sum(-1), Y.sum(-1)
+        fB, gB = gA - sy, fA + sx
+        return A, fA, gA, fB.mean(-1) + gB.mean(-1), fB, gB
+    B, fB, gB = sinkhorn_log(violation_cost(Y, X, cost, beta), reg, max_iter=max_iter, tol=tol)
+    return A, fA, gA, B, fB, gB
 
 
 @dataclass
@@ -519,7 +537,7 @@ def _tensor(a, name) -> torch.Tensor:
 
 def multivariate_violation_ratio(x, y, *, cost: str = "logistic", beta: float = 10.0, reg: float = 0.05,
                                  alpha: float = 0.05, paired: bool = False, max_iter: int = 5000,
-                                 tol: float = 1e-7) -> MultivariateRatio:
+                                 tol: float = 1e-4) -> MultivariateRatio:
     """Multivariate violation ratio of x (n, d) over y (m, d) through (entropic) OT.
 
     ``OT(x, y)`` transports x onto y at ``violation_cost``; the ratio
@@ -533,14 +551,12 @@ def multivariate_violation_ratio(x, y, *, cost: str = "logistic", beta: float = 
         raise ValueError(f"x has {xt.shape[1]} metrics and y {yt.shape[1]}")
     if paired and xt.shape[0] != yt.shape[0]:
         raise ValueError(f"paired ratio needs the same prompts: {xt.shape[0]} vs {yt.shape[0]} rows")
-    Cxy = violation_cost(xt, yt, cost, beta)
-    Cyx = violation_cost(yt, xt, cost, beta)
     if reg == 0:
-        A, B = _exact_ot(Cxy.numpy()), _exact_ot(Cyx.numpy())
+        A = _exact_ot(violation_cost(xt, yt, cost, beta).numpy())
+        B = _exact_ot(violation_cost(yt, xt, cost, beta).numpy())
         r = A / (A + B) if A + B > 0 else 0.5
         return MultivariateRatio(r, float("nan"), (float("nan"), float("nan")), A, B)
-    (A, fA, gA) = sinkhorn_log(Cxy, reg, max_iter=max_iter, tol=tol)
-    (B, fB, gB) = sinkhorn_log(Cyx, reg, max_iter=max_iter, tol=tol)
+    A, fA, gA, B, fB, gB = _both_directions(xt, yt, cost, beta, reg, max_iter, tol)
     A, B = float(A), float(B)
     r = A / (A + B)
     ix, iy = _influence_ratio(A, B, fA, gA, fB, gB)
@@ -560,9 +576,7 @@ def multivariate_bootstrap_se(x, y, *, cost: str = "logistic", beta: float = 10.
         reps = min(chunk, n_boot - start)
         ix = torch.randint(0, xt.shape[0], (reps, xt.shape[0]), generator=gen)
         iy = ix if paired else torch.randint(0, yt.shape[0], (reps, yt.shape[0]), generator=gen)
-        xb, yb = xt[ix], yt[iy]
-        A = sinkhorn_log(violation_cost(xb, yb, cost, beta), reg)[0]
-        B = sinkhorn_log(violation_cost(yb, xb, cost, beta), reg)[0]
+        A, *_, B, _, _ = _both_directions(xt[ix], yt[iy], cost, beta, reg, 5000, 1e-4)
         out.append(A / (A + B))
     return float(torch.cat(out).std())
 
@@ -579,10 +593,11 @@ class MultivariateRelative:
 
 def multivariate_relative(samples, *, cost: str = "logistic", beta: float = 10.0, reg: float = 0.05,
                           alpha: float = 0.05, paired: bool = False, max_iter: int = 5000,
-                          tol: float = 1e-7) -> MultivariateRelative:
+                          tol: float = 1e-4) -> MultivariateRelative:
     """One-versus-all multivariate ratios of k models, (n_i, d) each, with CLT intervals.
 
-    All k(k-1) ordered OT problems are solved in one batched Sinkhorn when the sizes agree.
+    The k(k-1)/2 pairs are solved in one batched Sinkhorn when the sizes agree (both directions
+    from one solve for the hinge and logistic costs, see ``_both_directions``).
     """
     if isinstance(samples, dict):
         names = [str(n) for n in samples]
@@ -593,19 +608,19 @@ def multivariate_relative(samples, *, cost: str = "logistic", beta: float = 10.0
     k = len(ts)
     if k < 2:
         raise ValueError(f"need at least two models, got {names}")
-    pairs = [(i, j) for i in range(k) for j in range(k) if i != j]
-    if len({t.shape for t in ts}) == 1:
-        X = torch.stack([ts[i] for i, _ in pairs])
-        Y = torch.stack([ts[j] for _, j in pairs])
-        val, f, g = sinkhorn_log(violation_cost(X, Y, cost, beta), reg, max_iter=max_iter, tol=tol)
-        sol = {p: (float(val[q]), f[q], g[q]) for q, p in enumerate(pairs)}
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    sol = {}
+    if len({t.shape for t in ts}) == 1:   # one batched solve for all pairs
+        A, fA, gA, B, fB, gB = _both_directions(torch.stack([ts[i] for i, _ in pairs]),
+                                                torch.stack([ts[j] for _, j in pairs]), cost, beta, reg, max_iter, tol)
+        for q, (i, j) in enumerate(pairs):
+            sol[i, j], sol[j, i] = (float(A[q]), fA[q], gA[q]), (float(B[q]), fB[q], gB[q])
     else:
         if paired:
             raise ValueError(f"paired ratios need the same prompts: sizes {[t.shape[0] for t in ts]}")
-        sol = {}
-        for (i, j) in pairs:
-            v, f, g = sinkhorn_log(violation_cost(ts[i], ts[j], cost, beta), reg, max_iter=max_iter, tol=tol)
-            sol[i, j] = (float(v), f, g)
+        for i, j in pairs:
+            A, fA, gA, B, fB, gB = _both_directions(ts[i], ts[j], cost, beta, reg, max_iter, tol)
+            sol[i, j], sol[j, i] = (float(A), fA, gA), (float(B), fB, gB)
     pair = np.full((k, k), 0.5)
     infl = [[torch.zeros(t.shape[0], dtype=torch.float64) for t in ts] for _ in range(k)]
     for i in range(k):
