@@ -462,18 +462,19 @@ def sinkhorn_log(C: torch.Tensor, reg: float, *, max_iter: int = 5000, tol: floa
     """
     n, m = C.shape[-2], C.shape[-1]
     loga, logb = -math.log(n), -math.log(m)
-    f = torch.zeros(C.shape[:-1], dtype=C.dtype) if f0 is None else f0.clone()
-    g = torch.zeros(C.shape[:-2] + (m,), dtype=C.dtype) if g0 is None else g0.clone()
+    K = C / -reg                                   # once, not per iteration; u = f / reg, v = g / reg
+    u = torch.zeros(C.shape[:-1], dtype=C.dtype) if f0 is None else f0 / reg
+    v = torch.zeros(C.shape[:-2] + (m,), dtype=C.dtype) if g0 is None else g0 / reg
     for it in range(max_iter):
-        f = -reg * torch.logsumexp((g.unsqueeze(-2) - C) / reg + logb, dim=-1)
-        g = -reg * torch.logsumexp((f.unsqueeze(-1) - C) / reg + loga, dim=-2)
+        u = -torch.logsumexp(K + (v + logb).unsqueeze(-2), dim=-1)
+        v = -torch.logsumexp(K + (u + loga).unsqueeze(-1), dim=-2)
         if it % 10 == 9:
-            # after the g update columns are exact; check the row marginals
-            rows = torch.exp((f.unsqueeze(-1) + g.unsqueeze(-2) - C) / reg + loga + logb).sum(-1)
+            # after the v update the columns are exact; check the rows
+            rows = torch.exp(K + (u + loga).unsqueeze(-1) + (v + logb).unsqueeze(-2)).sum(-1)
             if float((rows * n - 1).abs().max()) < tol:
                 break
-    value = f.mean(-1) + g.mean(-1)
-    return value, f, g
+    f, g = reg * u, reg * v
+    return f.mean(-1) + g.mean(-1), f, g
 
 
 def _both_directions(X: torch.Tensor, Y: torch.Tensor, cost: str, beta: float, reg: float, max_iter: int, tol: float):
