@@ -182,7 +182,7 @@ def almost_dominance_test(x, y, *, threshold: float = 0.5, alpha: float = 0.05, 
     CLT form and the quantity ``deepsig.aso`` returns (with ``confidence_level = 1 - alpha``);
     ``interval="percentile"`` (default): the (1 - alpha) quantile of the bootstrap ratios.
     The ratio's sampling law is skewed and its se grows with it, so the normal form rejects
-    too often on the boundary of the null (8.5% at alpha = 5% in docs/DOMINANCE.md); the
+    too often on the boundary of the null (8-10% at alpha = 5% in docs/DOMINANCE.md); the
     percentile form stays near alpha.
     The p-value is the normal one, ``Phi((eps - threshold) / se)``, for either interval.
     ``threshold=0.5``: x violates dominance of y on less than half the squared distance;
@@ -317,7 +317,7 @@ def relative_test(scores, *, order: int = 1, alpha: float = 0.05, n_boot: int = 
     Pairwise verdicts. The paper divides delta_ij by its bootstrap sd and reads a normal
     p-value. That fails where it matters most, two models of the same quality: eps(i, j)
     between equal distributions does not converge to 1/2 but stays spread over [0, 1] at every
-    n (0/0 in the limit), and the bootstrap around the sample underestimates that spread (20%
+    n (0/0 in the limit), and the bootstrap around the sample underestimates that spread (23-28%
     rejections at alpha = 5% in docs/DOMINANCE.md). A permutation test of delta itself is
     exact there but has no power on 0/1 scores (accuracy), where every ratio is 0, 1/2 or 1
     whatever the gap in accuracy. So each pair gets a permutation test of "i and j are
