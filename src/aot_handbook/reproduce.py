@@ -237,10 +237,10 @@ def claims_report(results: list[dict], out: Path, *, alpha: float = 0.05, seed: 
     from .tables import NLL_VARIANTS, table_spec
 
     lines = ["# The paper's claims, judged by the relative dominance test", "",
-             f"Per prompt: the program-judged win against the SFT model (100 / 50 / 0), averaged over seeds; "
-             f"first-order relative test (aot_handbook.dominance.relative_test), paired over prompts, "
-             f"Holm over the pairs of each block, alpha = {alpha}. '>' significantly better, '~' no significant "
-             "difference; p is the corrected p-value.", ""]
+             ("Per prompt: the program-judged win against the SFT model (100 / 50 / 0), averaged over seeds; "
+              "first-order relative test (aot_handbook.dominance.relative_test), paired over prompts, "
+              f"Holm over the pairs of each block, alpha = {alpha}. '>' significantly better, '~' no significant "
+              "difference; p is the corrected p-value."), ""]
     for claim, number, metric, pairs, kind in CLAIMS:
         lines += [f"## {claim}", ""]
         table = table_spec(number)

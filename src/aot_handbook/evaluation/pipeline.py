@@ -12,6 +12,7 @@ Kinds of evaluation recipe (``recipes/eval/*.yaml``):
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def alpaca_samples(annotations: str | Path, column: str) -> list[dict]:
     rows = []
     for a in json.loads(Path(annotations).read_text()):
         p = a.get("preference")
-        win = None if p is None or p != p else 50.0 if p == 0 else 100.0 * (float(p) - 1.0)
+        win = None if p is None or math.isnan(float(p)) else 50.0 if p == 0 else 100.0 * (float(p) - 1.0)
         rows.append({"id": a["instruction"], column: win, "length": len(str(a.get("output_2", ""))),
                      "reference_length": len(str(a.get("output_1", "")))})
     return rows
