@@ -29,7 +29,7 @@ VALIDATE ?= recipes
 PYTEST_ARGS ?=
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: help setup lint test train validate-recipes sweep generate-recipes eval table plot bench reproduce-tiny gpu-check
+.PHONY: help setup lint test train validate-recipes sweep generate-recipes eval table plot bench reproduce-tiny gpu-check compare
 
 help:
 	@echo "make test | make lint | make train [RECIPE=recipes/...yaml] [ARGS='--key value ...']"
@@ -39,6 +39,7 @@ help:
 	@echo "make validate-recipes | make sweep SWEEP=recipes/ablations/<name>.sweep.yaml [ARGS=--dry-run]"
 	@echo "make generate-recipes   (rewrite recipes/<model>/*.yaml and recipes/unpaired/ from recipes/_generate.py)"
 	@echo "make eval [RUN=runs/...] [EVAL=recipes/eval/...yaml] | make table [TABLE=1..10|tiny] | make plot [RUN='runs/a runs/b']"
+	@echo "make compare RUNS='runs/a runs/b ...' [EVAL=recipes/eval/...yaml] [METRICS='m1 m2']   (ranking with p-values)"
 	@echo "make reproduce-tiny [QUICK=1]   (the paper's claims on the tiny task: docs/REPRODUCTION.md; resumable)"
 	@echo "make bench [QUICK=1]    (BENCHMARKS.md: ours vs TRL, the reference cache, the loss's scaling, generation)"
 
@@ -93,6 +94,10 @@ eval: $(STAMP)
 
 table: $(STAMP)
 	"$(PY)" scripts/table.py $(TABLE) $(ARGS)
+
+# Which run is better, and how sure: the relative dominance test on per-sample scores (docs/DOMINANCE.md)
+compare: $(STAMP)
+	"$(PY)" scripts/compare.py $(RUNS) $(if $(EVAL),--eval $(EVAL)) $(if $(METRICS),--metrics $(METRICS)) $(ARGS)
 
 plot: $(STAMP)
 	$(if $(findstring tiny,$(RUN)),$(OFFLINE)) "$(PY)" scripts/plot.py $(RUN) $(ARGS)

@@ -7,6 +7,7 @@ with the recipe.json / run.json a trained run has), not trained: the evaluation 
 
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 import yaml
 
 from aot_handbook.evaluation import RunInfo, evaluate, load_eval_recipe, program_scores
-from aot_handbook.evaluation.common import sha256
+from aot_handbook.evaluation.common import read_samples, sha256
 from aot_handbook.evaluation.generation import generate_outputs, load_model_and_tokenizer
 from aot_handbook.evaluation.judge_server import serve
 from aot_handbook.tiny import build_base_model, generate, has_carry, judge, read_jsonl, wrong_answer
@@ -157,6 +158,9 @@ def test_alpaca_eval_chain_with_local_judge_server(runs, tmp_path, monkeypatch):
     assert counts["ties"] < n  # a non-trivial comparison
     assert result["scores"]["alpaca_eval:program:win_rate"] == pytest.approx(expected["tiny:win_rate_vs_sft"])
     assert result["details"]["n_total"] == n
+    per = read_samples(path)  # per instruction, beside the result: the mean is the win rate
+    assert len(per) == n and {r["id"] for r in per} == {r["prompt"] for r in rows}
+    assert statistics.mean(r["alpaca_eval:program:win_rate"] for r in per) == pytest.approx(result["details"]["win_rate"])
     assert result["scores"]["alpaca_eval:program:lc_win_rate"] is None
     assert "length-controlled" in result["details"]["lc_win_rate_error"]
     prov = result["provenance"]
@@ -165,7 +169,7 @@ def test_alpaca_eval_chain_with_local_judge_server(runs, tmp_path, monkeypatch):
     assert prov["judge"]["base_url"] == url and prov["packages"]["alpaca-eval"] == "0.6.6" and prov["date"]
     table = render("tiny", results)["md"].read_text()
     lora_row = next(line for line in table.splitlines() if line.startswith("| DPO |"))
-    assert f"| {expected['tiny:win_rate_vs_sft']:.1f} |" in lora_row
+    assert f"| {expected['tiny:win_rate_vs_sft']:.1f} [" in lora_row  # with its 95% CI over prompts
     for f in list(results.rglob("*")) + [recipe]:
         if f.is_file():
             assert FAKE_KEY.encode() not in f.read_bytes(), f"API key leaked into {f}"
@@ -216,9 +220,17 @@ def test_lm_eval_on_project_tasks_with_lora_adapter(runs, tmp_path):
     data = [json.loads(l) for l in (write_tiny_tasks(tmp_path / "check", rows) / "tiny_arith.jsonl").read_text().splitlines()]
     mc = [max(range(3), key=lambda i: _choice_logp(lm, tok, d["prompt"], d["choices"][i])) == d["gold"] for d in data]
     assert result["scores"]["tiny_mc"] == pytest.approx(100 * sum(mc) / n)
+    per = read_samples(next((results / "tiny-dpo_lora").glob("*.json")))  # lm-eval's log_samples, per document
+    for column in ("tiny_mc", "tiny_gen"):
+        vals = [r[column] for r in per if column in r]
+        assert len(vals) == n and statistics.mean(vals) == pytest.approx(result["scores"][column])
+        # lm-eval's own standard error (switched on again): the sd of the per-document scores / sqrt(n)
+        assert result["details"]["stderr"][column] == pytest.approx(statistics.stdev(vals) / n ** 0.5)
     table = render("tiny", results)["md"].read_text()
     row = next(line for line in table.splitlines() if line.startswith("| DPO |"))
-    assert row.endswith(f"| {result['scores']['tiny_mc']:.1f} | {result['scores']['tiny_gen']:.1f} |")
+    cells = [c.strip() for c in row.strip("|").split("|")][-2:]  # mean [95% CI over prompts]
+    assert [c.split(" [")[0] for c in cells] == [f"{result['scores'][k]:.1f}" for k in ("tiny_mc", "tiny_gen")]
+    assert all(c.endswith("]") for c in cells)
 
 
 def test_tiny_default_eval_scores_by_program_and_resumes(runs, tmp_path):

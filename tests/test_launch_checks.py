@@ -155,3 +155,28 @@ def test_a_column_listing_several_metrics_is_their_mean():
     with pytest.raises(KeyError,
                        match=r"columns.truthfulqa: lm-eval returned no 'acc,none' for task 'truthfulqa_mc2'"):
         column_score({"truthfulqa_mc1": {"acc,none": 0.3}}, "truthfulqa", paper["truthfulqa"])
+
+
+def test_averaged_column_keeps_per_document_scores_and_a_bounded_stderr():
+    """A column averaging two metrics on the same questions (TruthfulQA mc1, mc2) gets, per document, the mean
+    of the two, so its per-sample rows average to the column's score; its standard error is the mean of the two
+    (an upper bound); a group column keeps its subtasks' documents apart."""
+    from aot_handbook.evaluation.harness import column_score, column_stderr, lm_eval_samples
+
+    logged = {"truthfulqa_mc1": [{"doc_id": 0, "filter": "none", "acc": 1.0}, {"doc_id": 1, "filter": "none",
+                                                                               "acc": 0.0}],
+              "truthfulqa_mc2": [{"doc_id": 0, "filter": "none", "acc": 0.5}, {"doc_id": 1, "filter": "none",
+                                                                               "acc": 0.25},
+                                 {"doc_id": 2, "filter": "none", "acc": 1.0}],
+              "mmlu_a": [{"doc_id": 0, "filter": "none", "acc": 1.0}], "mmlu_b": [{"doc_id": 0, "filter": "none",
+                                                                                   "acc": 0.0}]}
+    columns = {"truthfulqa": ["truthfulqa_mc1/acc,none", "truthfulqa_mc2/acc,none"], "mmlu": "mmlu/acc,none"}
+    rows = {r["id"]: r for r in lm_eval_samples(logged, columns)}
+    assert rows["truthfulqa_mc1/0"]["truthfulqa"] == 75.0 and rows["truthfulqa_mc1/1"]["truthfulqa"] == 12.5
+    assert "truthfulqa_mc1/2" not in rows  # only in mc2: not a document of the averaged column
+    assert rows["mmlu_a/0"]["mmlu"] == 100.0 and rows["mmlu_b/0"]["mmlu"] == 0.0
+    results = {"truthfulqa_mc1": {"acc,none": 0.5, "acc_stderr,none": 0.01},
+               "truthfulqa_mc2": {"acc,none": 0.375, "acc_stderr,none": 0.03}, "mmlu": {"acc,none": 0.5}}
+    assert column_score(results, "truthfulqa", columns["truthfulqa"]) == 43.75
+    assert sum(r["truthfulqa"] for r in rows.values() if "truthfulqa" in r) / 2 == 43.75
+    assert column_stderr(results, columns) == {"truthfulqa": 2.0, "mmlu": None}

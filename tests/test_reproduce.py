@@ -123,6 +123,8 @@ def test_quick_grid_end_to_end_and_resumes(tmp_path, monkeypatch):
         assert "(n=1)" in line, line  # every cell of the grid was trained and evaluated
     for png in ("fig2", "fig1-nll-a", "fig1-nll-b", "fig1-no_nll-a", "fig1-no_nll-b"):
         assert (results / "plots" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+    claims = (results / "claims.md").read_text()  # each "A beats B" claim judged by the relative test
+    assert "## 2. AOT beats DPO" in claims and "- + NLL (n = " in claims and "AOT paired vs DPO: " in claims
     fig2 = json.loads((results / "plots" / "fig2.json").read_text())
     assert fig2["tiny-batch"]["tiny:win_rate_vs_sft"]["no NLL"]["x"] == ["16", "32", "64", "128"]
     assert len(fig2["tiny-penalty"]["tiny:rewards_min_gap"]["+ NLL"]["mean"]) == 4

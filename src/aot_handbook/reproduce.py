@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import time
 import traceback
@@ -183,6 +184,7 @@ def report(grid: Grid) -> dict[str, Path]:
         out[f"table {number}"] = render(number, grid.results_dir, results=results)["md"]
     plots = grid.results_dir / "plots"
     out["fig2"] = figure2(results, plots / "fig2.png")
+    out["claims"] = claims_report(results, grid.results_dir / "claims.md")
     first_seed = min((r["run"]["seed"] for r in results if r["run"].get("seed") is not None), default=None)
     for tag, weight in (("nll", 1.0), ("no_nll", 0.0)):  # Fig. 1 per NLL variant, default settings, one seed
         chosen = {}
@@ -198,6 +200,93 @@ def report(grid: Grid) -> dict[str, Path]:
             paths = figure1(stats, plots, prefix=f"fig1-{tag}-")
             out[f"fig1a {tag}"], out[f"fig1b {tag}"] = paths["a"], paths["b"]
     return out
+
+
+# The paper's "A beats B" claims (docs/REPRODUCTION.md), each on the rows of a tiny table, per NLL
+# variant: (claim, table, metric, pairs of row keys, "beats" or "par"). Claims 1 and 6 are about
+# FSD statistics and seed spread, not a comparison of per-prompt scores.
+CLAIMS = (
+    ("2. AOT beats DPO, KTO and IPO on the win rate", "tiny1", "tiny:win_rate_vs_sft",
+     [(a, b) for a in ("AOT paired", "AOT unpaired") for b in ("DPO", "KTO", "IPO")], "beats"),
+    ("3. Bigger batches help AOT", "tiny-batch", "tiny:win_rate_vs_sft", [("32", "16"), ("64", "32"), ("128", "64")],
+     "beats"),
+    ("4. The logistic penalty beats the others", "tiny-penalty", "tiny:win_rate_vs_sft",
+     [("logistic", p) for p in ("hinge", "squared_hinge", "least_squares")], "beats"),
+    ("5. Hard and soft sorting are on par", "tiny7", "tiny:win_rate_vs_sft",
+     [(f"{m} Hard", f"{m} Soft") for m in ("AOT paired", "AOT unpaired")], "par"),
+)
+
+
+def _per_prompt(results: list[dict], row, metric: str) -> tuple[dict[str, float] | None, int]:
+    """A table row's per-prompt scores, averaged over its seeds (prompts are the unit the test
+    resamples; the seeds of one configuration answer the same prompts). (None, 0) without data."""
+    from .evaluation.common import read_samples
+    from .tables import _matches
+
+    per: dict[str, list[float]] = {}
+    seeds = 0
+    for r in results:
+        if not _matches(r["run"], row.where) or r["scores"].get(metric) is None:
+            continue
+        rows = read_samples(r)
+        if rows is None:
+            continue
+        seeds += 1
+        for x in rows:
+            if x.get(metric) is not None:
+                per.setdefault(str(x["id"]), []).append(float(x[metric]))
+    if not seeds:
+        return None, 0
+    return {k: sum(v) / len(v) for k, v in per.items() if len(v) == seeds}, seeds
+
+
+def claims_report(results: list[dict], out: Path, *, alpha: float = 0.05, seed: int = 0) -> Path:
+    """``claims.md``: each "A beats B" claim judged by the relative dominance test (paired over
+    prompts, Holm over the pairs of the rows involved, level alpha) instead of by comparing means."""
+    from .dominance import relative_test
+    from .evaluation.common import write_text
+    from .tables import NLL_VARIANTS, table_spec
+
+    lines = ["# The paper's claims, judged by the relative dominance test", "",
+             ("Per prompt: the program-judged win against the SFT model (100 / 50 / 0), averaged over seeds; "
+              "first-order relative test (aot_handbook.dominance.relative_test), paired over prompts, "
+              f"Holm over the pairs of each block, alpha = {alpha}. '>' significantly better, '~' no significant "
+              "difference; p is the corrected p-value."), ""]
+    for claim, number, metric, pairs, kind in CLAIMS:
+        lines += [f"## {claim}", ""]
+        table = table_spec(number)
+        for nll, _ in NLL_VARIANTS:
+            rows = {" ".join(x for i, x in enumerate(r.labels) if i != 1): r for r in table.rows if r.labels[1] == nll}
+            wanted = sorted({k for pair in pairs for k in pair}, key=list(rows).index)
+            scores, missing = {}, []
+            for key in wanted:
+                per, _ = _per_prompt(results, rows[key], metric)
+                if per:
+                    scores[key] = per
+                else:
+                    missing.append(key)
+            if missing:
+                lines += [f"- {nll}: no per-sample scores for {', '.join(missing)} (evaluate them again)", ""]
+                continue
+            common = sorted(set.intersection(*(set(v) for v in scores.values())))
+            try:
+                res = relative_test({k: [v[i] for i in common] for k, v in scores.items()}, alpha=alpha,
+                                    paired=True, seed=seed, n_boot=max(1000, math.ceil(len(wanted) * (len(wanted) - 1) / alpha)))
+            except ValueError as exc:
+                lines += [f"- {nll}: not tested ({exc})", ""]
+                continue
+            lines.append(f"- {nll} (n = {len(common)} prompts; ranking {' > '.join(res.ranking)}):")
+            for a, b in pairs:
+                i, j = res.names.index(a), res.names.index(b)
+                p = res.p_value[i, j]
+                if kind == "par":
+                    verdict = "held (no significant difference)" if not (res.beats(a, b) or res.beats(b, a)) \
+                        else f"did not hold ({a if res.beats(a, b) else b} is better)"
+                else:
+                    verdict = "held" if res.beats(a, b) else "reversed" if res.beats(b, a) else "not significant"
+                lines.append(f"  - {a} vs {b}: {verdict} (eps {res.eps[i]:.3f} vs {res.eps[j]:.3f}, p = {p:.3g})")
+            lines.append("")
+    return write_text(out, "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

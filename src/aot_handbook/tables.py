@@ -2,8 +2,9 @@
 
 Each table is rows (method, optionally sort) x columns (score keys of the result files, see
 :mod:`aot_handbook.evaluation.common`), filtered by base model and dataset. A cell is the mean
-over the matching result files (seeds); Table 10 shows mean +- std over seeds. Missing cells are
-a dash. Scores are percentages, printed with one decimal as in the paper.
+over the matching result files (seeds); Table 10 shows mean +- std over seeds. Where the results
+keep per-sample scores, a cell also shows [low, high], the 95% bootstrap interval of its mean over
+prompts (``prompt_ci``). Missing cells are a dash. Scores are percentages, printed with one decimal as in the paper.
 
 Layouts (paper, Sec. 5 and App. H):
   1     Merlinite-7B on UltraFeedback: methods x AlpacaEval (GPT-4, LC) + six benchmarks
@@ -28,7 +29,8 @@ from pathlib import Path
 BENCHMARKS = [("ARC-Easy acc", "arc"), ("HellaSwag acc", "hellaswag"), ("MMLU acc", "mmlu"),
               ("TruthfulQA mc1+mc2 mean", "truthfulqa"), ("Winogrande acc", "winogrande"),
               ("GSM8K flexible-extract", "gsm8k")]
-METHODS = [("AOT paired", "aot_paired"), ("AOT unpaired", "aot_unpaired"), ("DPO", "dpo"), ("KTO", "kto"), ("IPO", "ipo")]
+METHODS = [("AOT paired", "aot_paired"), ("AOT unpaired", "aot_unpaired"), ("DPO", "dpo"), ("KTO", "kto"),
+           ("IPO", "ipo")]
 BASE_NAMES = {"merlinite-7b": "Merlinite-7B", "openhermes-2.5-mistral-7b": "OpenHermes-7B",
               "starling-lm-7b-alpha": "Starling-7B", "llama3-8b-instruct": "Llama3-8B",
               "mistral-7b-instruct-v0.2": "Mistral-7B", "tiny": "tiny SFT"}
@@ -87,13 +89,15 @@ def table_spec(number: str | int, alpaca_metric: str = "lc_win_rate") -> Table:
         rows = [Row((label, sort.capitalize()), {"method": m, "base_model": "merlinite-7b",
                                                  "dataset": "ultrafeedback", "sort": sort})
                 for label, m in METHODS[:2] for sort in ("soft", "hard")]
-        return Table(n, "Hard vs soft sort (Merlinite-7B, UltraFeedback)", ("Method", "Sort"), [llama, *BENCHMARKS], rows)
+        return Table(n, "Hard vs soft sort (Merlinite-7B, UltraFeedback)", ("Method", "Sort"),
+                     [llama, *BENCHMARKS], rows)
     if n in ("8", "9"):
         dataset = {"8": "helpsteer", "9": "pku-beavertails"}[n]
         rows = _method_rows("merlinite-7b", dataset, methods=[METHODS[1], METHODS[3]])
         return Table(n, f"Unpaired data: {dataset} (Merlinite-7B)", ("Method",), BENCHMARKS, rows)
     if n == "10":
-        return Table(n, "Mean and std over seeds (Merlinite-7B, UltraFeedback)", ("Method",), [llama, gpt4, *BENCHMARKS],
+        return Table(n, "Mean and std over seeds (Merlinite-7B, UltraFeedback)", ("Method",),
+                     [llama, gpt4, *BENCHMARKS],
                      _method_rows("merlinite-7b", "ultrafeedback", base_row=False), std=True)
     if n == "tiny":
         rows = [Row((label,), {"method": m, "base_model": "tiny"}) for label, m in METHODS]
@@ -118,7 +122,8 @@ WIN = ("Win rate vs SFT", "tiny:win_rate_vs_sft")
 ACC = ("Accuracy", "tiny:accuracy")
 FIG1 = [("Reward acc.", "tiny:reward_accuracy"), ("FSD viol. rewards", "tiny:rewards_fsd_violation"),
         ("Min gap rewards", "tiny:rewards_min_gap", {"digits": 3}),
-        ("FSD viol. margins", "tiny:margins_fsd_violation"), ("Min gap margins", "tiny:margins_min_gap", {"digits": 2})]
+        ("FSD viol. margins", "tiny:margins_fsd_violation"),
+        ("Min gap margins", "tiny:margins_min_gap", {"digits": 2})]
 
 
 def _tiny_row(label: str, method: str, nll: tuple[str, float], **where) -> Row:
@@ -186,7 +191,8 @@ def current_results(results: list[dict]) -> tuple[list[dict], list[str]]:
     return kept, stale
 
 
-def cell_values(results: list[dict], row: Row, key: str, where: dict | None = None) -> list[float]:
+def cell_values(results: list[dict], row: Row, key: str, where: dict | None = None, *,
+                with_results: bool = False) -> list[float]:
     where = {**row.where, **(where or {})}
     if where.get("base_model") == "tiny":  # a tiny recipe copied onto other data is not the tiny task
         where.setdefault("dataset", "tiny")
@@ -200,7 +206,29 @@ def cell_values(results: list[dict], row: Row, key: str, where: dict | None = No
         runs = sorted(f"{r['run'].get('name')} ({r['run'].get('recipe_path')})" for r in found)
         raise ValueError(f"row {' / '.join(row.labels)!r}, column {key!r}: results of different configurations "
                          f"fall in one cell: {runs}. Keep one configuration per row in results/ (seeds only).")
-    return [float(r["scores"][key]) for r in found]
+    values = [float(r["scores"][key]) for r in found]
+    return (values, found) if with_results else values
+
+
+def prompt_ci(found: list[dict], key: str, *, alpha: float = 0.05) -> tuple[float, float] | None:
+    """95% bootstrap interval over prompts of a cell's mean, from the per-sample scores of its
+    results (seeds averaged per prompt first, so prompts are what is resampled); None when any
+    of them has no per-sample scores for ``key`` (older results, or a column without them)."""
+    from .dominance import mean_ci
+    from .evaluation.common import read_samples
+
+    per: dict[str, list[float]] = {}
+    for r in found:
+        rows = read_samples(r)
+        vals = [(str(x["id"]), float(x[key])) for x in rows or [] if x.get(key) is not None]
+        if not vals:
+            return None
+        for i, v in vals:
+            per.setdefault(i, []).append(v)
+    if len(per) < 2:
+        return None
+    _, lo, hi = mean_ci([sum(v) / len(v) for v in per.values()], alpha=alpha)
+    return lo, hi
 
 
 def build(table: Table, results: list[dict]) -> list[list[str]]:
@@ -210,15 +238,17 @@ def build(table: Table, results: list[dict]) -> list[list[str]]:
         cells = []
         for header, key, *rest in table.columns:
             options = rest[0] if rest else {}
-            values = cell_values(results, row, key, options.get("where"))
+            values, found = cell_values(results, row, key, options.get("where"), with_results=True)
             digits = options.get("digits", 1)
+            ci = prompt_ci(found, key) if values else None
+            ci = f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else ""  # 95% CI over prompts
             if not values:
                 cells.append("-")
             elif options.get("std", table.std):
                 std = statistics.stdev(values) if len(values) > 1 else 0.0
-                cells.append(f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f} (n={len(values)})")
+                cells.append(f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f} (n={len(values)}){ci}")
             else:
-                cells.append(f"{statistics.mean(values):.{digits}f}")
+                cells.append(f"{statistics.mean(values):.{digits}f}{ci}")
         out.append(list(row.labels) + cells)
     return out
 
@@ -244,8 +274,9 @@ def _tex(s: str) -> str:
 
 def to_latex(table: Table, grid: list[list[str]]) -> str:
     n_labels = len(table.row_headers)
+    columns = "l" * n_labels + "c" * len(table.columns)
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(table.caption)}}}",
-             rf"\label{{tab:aot-{table.number}}}", r"\begin{tabular}{" + "l" * n_labels + "c" * len(table.columns) + "}",
+             rf"\label{{tab:aot-{table.number}}}", r"\begin{tabular}{" + columns + "}",
              r"\toprule", " & ".join(_tex(h) for h in grid[0]) + r" \\", r"\midrule"]
     lines += [" & ".join(_tex(c) for c in r) + r" \\" for r in grid[1:]]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]

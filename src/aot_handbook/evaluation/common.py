@@ -227,15 +227,57 @@ def result_path(run: RunInfo, eval_name: str, results_dir: str | Path = RESULTS_
     return Path(results_dir) / run.name / f"{eval_name}.json"
 
 
+def samples_path(result_file: str | Path) -> Path:
+    """``results/<run>/<eval>.json`` -> ``results/<run>/<eval>.samples.jsonl`` (per-sample scores)."""
+    result_file = Path(result_file)
+    return result_file.with_name(result_file.name[: -len(".json")] + ".samples.jsonl")
+
+
+def write_samples(result_file: str | Path, rows: list[dict]) -> dict:
+    """Per-sample scores beside a result file, one JSON object a line: ``id`` (the prompt, or
+    ``task/doc_id``) and the score columns of that sample (same names and units as the result's
+    ``scores``, so their mean over the rows is the score), plus extras such as lengths.
+    Written atomically; returns the link (file, rows, sha256) the result JSON records."""
+    path = samples_path(result_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    tmp.replace(path)
+    return {"file": path.name, "rows": len(rows), "sha256": sha256(path)}
+
+
+def read_samples(result: dict | str | Path) -> list[dict] | None:
+    """The per-sample rows of a result (a loaded result dict or its file), or None for results
+    written before per-sample scores were kept, or whose samples file changed since."""
+    if isinstance(result, dict):
+        link, file = result.get("samples"), result.get("_file")
+    else:
+        file = Path(result)
+        link = json.loads(file.read_text()).get("samples")
+    if not link or not file:
+        return None
+    path = Path(file).with_name(link["file"])
+    if not path.is_file() or sha256(path) != link.get("sha256"):
+        return None
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def save_result(run: RunInfo, recipe: dict, scores: dict, details: dict, *, judge: dict | None = None,
                 results_dir: str | Path = RESULTS_DIR) -> Path:
-    """One result file, with the provenance every table cell can be traced back to."""
+    """One result file, with the provenance every table cell can be traced back to.
+
+    ``details["samples"]``, if given (a list of per-sample rows), is written first beside the
+    result (``write_samples``) and the result records its name and sha256 instead."""
+    details = dict(details)
+    rows = details.pop("samples", None)
+    link = write_samples(result_path(run, recipe["name"], results_dir), rows) if rows is not None else None
     result = {
         "evaluation": recipe["name"],
         "kind": recipe["kind"],
         "run": run.describe(),
         "scores": scores,
         "details": details,
+        "samples": link,
         "provenance": {
             "model": run.model,
             "adapter": run.adapter,

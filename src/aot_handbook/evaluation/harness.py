@@ -56,8 +56,10 @@ def model_args(model: str, adapter: str | None, extra: str | None = None) -> str
 def run_lm_eval(model: str, adapter: str | None, *, tasks: list[str], columns: dict[str, str],
                 num_fewshot: int | None = 0, batch_size: int | str = "auto", limit: int | float | None = None,
                 include_path: str | None = None, device: str | None = None, model_extra: str | None = None,
-                apply_chat_template: bool = False) -> tuple[dict, dict]:
-    """(scores: column -> percent, details: lm-eval's per-task results and config)."""
+                apply_chat_template: bool = False, bootstrap_iters: int = 1000) -> tuple[dict, dict]:
+    """(scores: column -> percent, details: lm-eval's per-task results and config, its standard
+    errors per column (``stderr``, percent; analytic for means, ``bootstrap_iters`` resamples
+    otherwise) and ``samples``: one row per task document with that document's column scores)."""
     try:
         import lm_eval
         from lm_eval.tasks import TaskManager
@@ -75,13 +77,58 @@ def run_lm_eval(model: str, adapter: str | None, *, tasks: list[str], columns: d
         model="hf", model_args=model_args(model, adapter, model_extra), tasks=tasks, num_fewshot=num_fewshot,
         batch_size=batch_size, limit=limit, device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
         task_manager=TaskManager(include_path=include_path) if include_path else TaskManager(),
-        apply_chat_template=apply_chat_template, log_samples=False, bootstrap_iters=0)
+        apply_chat_template=apply_chat_template, log_samples=True, bootstrap_iters=bootstrap_iters)
     results = out["results"]
     scores = {column: column_score(results, column, spec) for column, spec in columns.items()}
-    details = {"results": json.loads(json.dumps(results, default=str)),
+    details = {"results": json.loads(json.dumps(results, default=str)), "stderr": column_stderr(results, columns),
+               "samples": lm_eval_samples(out.get("samples") or {}, columns),
                "n_samples": out.get("n-samples"), "versions": out.get("versions"),
                "num_fewshot": num_fewshot, "limit": limit, "model_args": model_args(model, adapter, model_extra)}
     return scores, details
+
+
+def column_stderr(results: dict, columns: dict) -> dict[str, float | None]:
+    """lm-eval's own standard error of each column, in percent (None where it reported none). For a column
+    that averages several metrics, the mean of their standard errors: an upper bound on the standard error of
+    the mean, whatever the metrics' correlation (sd((a + b) / 2) <= (sd(a) + sd(b)) / 2)."""
+    out = {}
+    for column, spec in columns.items():
+        errs = []
+        for one in column_specs(spec):
+            task, metric = one.split("/", 1)
+            name, _, filt = metric.partition(",")
+            errs.append(results.get(task, {}).get(f"{name}_stderr,{filt}"))
+        ok = all(isinstance(e, (int, float)) for e in errs)
+        out[column] = 100.0 * sum(errs) / len(errs) if ok and errs else None
+    return out
+
+
+def lm_eval_samples(logged: dict, columns: dict) -> list[dict]:
+    """lm-eval's logged samples -> one row per (task, document): ``id`` ``task/doc_id`` and the
+    column scores in percent. A group column (e.g. ``mmlu``) takes the documents of its subtasks
+    (``mmlu_*``): their mean is the size-weighted group score. A column that averages several metrics
+    (e.g. TruthfulQA mc1 and mc2, on the same questions) gets, per document, the mean of those metrics,
+    under the first metric's task; a document missing from one of them is left out of that column."""
+    rows: dict[str, dict] = {}
+    for column, spec in columns.items():
+        parts = []
+        for one in column_specs(spec):
+            task, metric = one.split("/", 1)
+            name, _, filt = metric.partition(",")
+            values = {}
+            for sub in [task] if task in logged else sorted(k for k in logged if k.startswith(task + "_")):
+                for s in logged[sub]:
+                    if s.get("filter", "none") != (filt or "none") or name not in s:
+                        continue
+                    # one metric: documents by (subtask, id); several: by id, to average them per document
+                    key = (sub if len(column_specs(spec)) == 1 else None, s["doc_id"])
+                    values[key] = (sub, 100.0 * float(s[name]))
+            parts.append(values)
+        for key in set(parts[0]).intersection(*parts[1:]):
+            sub = parts[0][key][0]
+            row = rows.setdefault(f"{sub}/{key[1]}", {"id": f"{sub}/{key[1]}", "task": sub})
+            row[column] = sum(p[key][1] for p in parts) / len(parts)
+    return list(rows.values())
 
 
 # ---------------------------------------------------------------- the tiny task as lm-eval tasks

@@ -12,6 +12,7 @@ Kinds of evaluation recipe (``recipes/eval/*.yaml``):
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -83,9 +84,23 @@ def _alpaca_eval(run: RunInfo, recipe: dict, work: Path):
     metrics = annotate(outputs, reference, judge, work / "alpaca_eval", name=run.name)
     scores = {f"alpaca_eval:{label}:win_rate": metrics["win_rate"],
               f"alpaca_eval:{label}:lc_win_rate": metrics["lc_win_rate"]}
+    metrics["samples"] = alpaca_samples(metrics["annotations"], f"alpaca_eval:{label}:win_rate")
     metrics["model_outputs"] = str(outputs)
     metrics["reference_outputs"] = reference
     return scores, metrics, metrics["judge"]
+
+
+def alpaca_samples(annotations: str | Path, column: str) -> list[dict]:
+    """Per instruction: the judge's preference as a win (100), draw (50) or loss (0) of the model
+    (``output_2``) over the reference (alpaca_eval's encoding: 1 reference, 2 model, 1.5 or 0
+    draw, fractions for log-prob judges; the mean is alpaca_eval's win rate), and both lengths."""
+    rows = []
+    for a in json.loads(Path(annotations).read_text()):
+        p = a.get("preference")
+        win = None if p is None or math.isnan(float(p)) else 50.0 if p == 0 else 100.0 * (float(p) - 1.0)
+        rows.append({"id": a["instruction"], column: win, "length": len(str(a.get("output_2", ""))),
+                     "reference_length": len(str(a.get("output_1", "")))})
+    return rows
 
 
 def _lm_eval(run: RunInfo, recipe: dict, work: Path):
@@ -163,19 +178,27 @@ def program_scores(mine: list[dict], theirs: list[dict], *, judge, has_carry) ->
     """Accuracy (overall, carry, no-carry) and the program-judged win rate of ``mine`` over ``theirs``."""
     ref = {r["instruction"]: r["output"] for r in theirs}
     wins = ties = losses = 0
-    ok, carry, no_carry = [], [], []
+    ok, carry, no_carry, samples = [], [], [], []
     for r in mine:
         a = judge(r["instruction"], r["output"])
         b = judge(r["instruction"], ref[r["instruction"]])
         wins, ties, losses = wins + (a and not b), ties + (a == b), losses + (b and not a)
         ok.append(a)
         (carry if has_carry(r["instruction"]) else no_carry).append(a)
+        # per prompt, in the units of the scores (their mean over prompts is the score); the
+        # program judge's preference over the SFT answer is the tiny task's per-prompt reward
+        c = has_carry(r["instruction"])
+        samples.append({"id": r["instruction"], "tiny:accuracy": 100.0 * a, "tiny:carry": 100.0 * a if c else None,
+                        "tiny:no_carry": None if c else 100.0 * a,
+                        "tiny:win_rate_vs_sft": 100.0 if a and not b else 50.0 if a == b else 0.0,
+                        "length": len(r["output"])})
     n = len(mine)
     pct = lambda xs: 100.0 * sum(xs) / len(xs) if xs else None  # noqa: E731
     scores = {"tiny:accuracy": pct(ok), "tiny:carry": pct(carry), "tiny:no_carry": pct(no_carry),
               "tiny:win_rate_vs_sft": 100.0 * (wins + 0.5 * ties) / n}
     return scores, {"n": n, "wins": wins, "ties": ties, "losses": losses,
-                    "reference_accuracy": pct([judge(r["instruction"], r["output"]) for r in theirs])}
+                    "reference_accuracy": pct([judge(r["instruction"], r["output"]) for r in theirs]),
+                    "samples": samples}
 
 
 def print_result(run: RunInfo, recipe: dict, scores: dict, details: dict, path: Path) -> None:

@@ -1,0 +1,218 @@
+"""``make compare RUNS="runs/a runs/b ..." [EVAL=...] [METRICS=...]``: which model is better, how sure.
+
+For one evaluation and each metric, from the per-sample scores every evaluation keeps
+(``results/<run>/<eval>.samples.jsonl``):
+
+- a ranking table (Markdown, CSV, LaTeX, the writers of ``make table``): mean with a 95%
+  bootstrap interval over prompts, the one-versus-all violation ratio (lower is better) with
+  its bootstrap sd, and the runs each one significantly beats, with p-values;
+- the pairwise verdicts (``aot_handbook.dominance.relative_test``: permutation p-values,
+  Holm-corrected over the pairs; paired over prompts when every run answered the same ones);
+- a figure per metric: the quantile functions with 95% bootstrap bands (first order) and the
+  integrated quantile functions (second order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from . import dominance as D
+from .evaluation.common import (
+    RESULTS_DIR,
+    RunInfo,
+    load_eval_recipe,
+    read_samples,
+    write_text,
+)
+
+EXTRAS = {"id", "task", "length", "reference_length"}  # per-sample fields that are not score columns
+
+
+def _eval_name(eval_arg: str | None, names: list[str], results_dir: Path) -> str:
+    if eval_arg:
+        return load_eval_recipe(eval_arg)["name"] if Path(eval_arg).suffix in (".yaml", ".yml") else eval_arg
+    shared = None
+    for name in names:
+        have = {p.name[:-5] for p in (results_dir / name).glob("*.json") if not p.name.startswith(".")}
+        shared = have if shared is None else shared & have
+    if not shared or len(shared) > 1:
+        raise ValueError(f"EVAL: name the evaluation to compare; the runs {names} share "
+                         f"{sorted(shared or [])} under {results_dir}")
+    return shared.pop()
+
+
+def load_scores(runs: list[str], eval_name: str | None = None, metrics: list[str] | None = None,
+                results_dir: str | Path = RESULTS_DIR) -> tuple[str, dict[str, dict[str, tuple[list, np.ndarray]]]]:
+    """(evaluation, metric -> run name -> (prompt ids, scores)), with errors naming the run and metric."""
+    if len(runs) < 2:
+        raise ValueError(f"RUNS: a comparison needs at least two runs, got {runs}")
+    results_dir = Path(results_dir)
+    names = [RunInfo.from_path(r).name for r in runs]
+    if len(set(names)) < len(names):
+        raise ValueError(f"RUNS: two runs share a name (results/<name> would collide): {names}")
+    ev = _eval_name(eval_name, names, results_dir)
+    rows = {}
+    for run, name in zip(runs, names):
+        file = results_dir / name / f"{ev}.json"
+        if not file.is_file():
+            raise FileNotFoundError(f"run {run}: no result {file} (make eval RUN={run} EVAL=...)")
+        got = read_samples(file)
+        if got is None:
+            raise ValueError(f"run {run}: {file} has no per-sample scores (evaluated before they were kept, or "
+                             f"its .samples.jsonl changed since); evaluate it again (make eval RUN={run})")
+        rows[name] = got
+    if not metrics:
+        first = rows[names[0]]
+        metrics = sorted({k for r in first for k, v in r.items() if k not in EXTRAS and v is not None})
+    out: dict[str, dict] = {}
+    for m in metrics:
+        out[m] = {}
+        for run, name in zip(runs, names):
+            present = [r for r in rows[name] if r.get(m) is not None]
+            if not present:
+                have = sorted({k for r in rows[name] for k, v in r.items() if k not in EXTRAS and v is not None})
+                raise KeyError(f"run {run}: metric {m!r} not in its per-sample scores of {ev} (has: {have})")
+            values = np.array([float(r[m]) for r in present])
+            bad = int(np.isnan(values).sum() + np.isinf(values).sum())
+            if bad:
+                raise ValueError(f"run {run}, metric {m!r}: {bad} NaN or infinite per-sample scores")
+            out[m][name] = ([str(r["id"]) for r in present], values)
+    return ev, out
+
+
+def _align(metric: str, per_run: dict, paired: str) -> tuple[dict[str, np.ndarray], bool]:
+    """Paired (rows in the first run's prompt order) when every run has the same prompt set."""
+    names = list(per_run)
+    ids0 = per_run[names[0]][0]
+    for name in names[1:]:
+        ids = per_run[name][0]
+        if set(ids) != set(ids0) or len(ids) != len(ids0):
+            if paired == "yes":
+                only_a, only_b = len(set(ids0) - set(ids)), len(set(ids) - set(ids0))
+                raise ValueError(f"metric {metric!r}: a paired test needs the same prompts, but runs {names[0]} and "
+                                 f"{name} were evaluated on different prompt sets ({only_a} prompts only in "
+                                 f"{names[0]}, {only_b} only in {name}); use --paired no")
+            return {n: v for n, (_, v) in per_run.items()}, False
+    if paired == "no":
+        return {n: v for n, (_, v) in per_run.items()}, False
+    aligned = {}
+    for name, (ids, v) in per_run.items():
+        pos = dict(zip(ids, v))
+        aligned[name] = np.array([pos[i] for i in ids0])
+    return aligned, True
+
+
+def _fmt_p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _figure(metric: str, scores: dict[str, np.ndarray], path: Path, n_band: int = 200, seed: int = 0) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.linspace(0.0, 1.0, 201)[1:]
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, x in scores.items():
+        n = x.size
+        idx = np.clip(np.ceil(t * n).astype(int) - 1, 0, n - 1)       # left-continuous inverse of the CDF
+        boot = np.sort(x[rng.integers(0, n, size=(n_band, n))], axis=-1)
+        levels = np.arange(n + 1) / n
+
+        def integrated(s, levels=levels, n=n):
+            return np.interp(t, levels, np.concatenate([[0.0], np.cumsum(s) / n]))
+
+        for ax, curve, bands in ((axes[0], np.sort(x)[idx], boot[:, idx]),
+                                 (axes[1], integrated(np.sort(x)), np.stack([integrated(b) for b in boot]))):
+            lo, hi = np.quantile(bands, [0.025, 0.975], axis=0)
+            (line,) = ax.step(t, curve, where="pre", label=name) if ax is axes[0] else ax.plot(t, curve, label=name)
+            ax.fill_between(t, lo, hi, color=line.get_color(), alpha=0.2, step="pre" if ax is axes[0] else None)
+    axes[0].set(title=f"{metric}: quantile functions (95% bootstrap bands)", xlabel="level t", ylabel="Q(t)")
+    axes[1].set(title="integrated quantiles (second order)", xlabel="level p", ylabel="∫₀ᵖ Q(t) dt")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def compare(runs: list[str], *, eval_name: str | None = None, metrics: list[str] | None = None,
+            results_dir: str | Path = RESULTS_DIR, out_dir: str | Path | None = None, order: int = 1,
+            alpha: float = 0.05, n_boot: int = 1000, paired: str = "auto", correction: str = "holm",
+            seed: int = 0, progress: bool = True) -> dict:
+    """Rank the runs per metric; write the tables and figures; return the tests and the paths."""
+    from .tables import Table, to_csv, to_latex, to_markdown
+
+    ev, data = load_scores(runs, eval_name, metrics, results_dir)
+    k = len(runs)
+    pairs = k * (k - 1) // 2
+    n_boot = max(n_boot, math.ceil(2 * pairs / alpha))   # the smallest p-value must pass Holm's first step
+    out = Path(out_dir) if out_dir else Path(results_dir) / "compare" / ev
+    ranking = [["Metric", "Rank", "Run", "n", "Mean [95% CI]", "eps (one vs all) ± sd", "Significantly better than (p)"]]
+    verdicts = [["Metric", "A", "", "B", "eps_A - eps_B", f"p ({correction})", "test"]]
+    tests, figures = {}, {}
+    for m, per_run in data.items():
+        aligned, is_paired = _align(m, per_run, paired)
+        try:
+            res = D.relative_test(aligned, order=order, alpha=alpha, n_boot=n_boot, paired=is_paired,
+                                  correction=correction, seed=seed, progress=progress)
+        except ValueError as exc:
+            raise ValueError(f"metric {m!r}: {exc}") from exc
+        tests[m] = res
+        kind = "paired" if is_paired else "unpaired"
+        for rank, name in enumerate(res.ranking, 1):
+            i = res.names.index(name)
+            mean, lo, hi = D.mean_ci(aligned[name], alpha=0.05, seed=seed)
+            beats = [f"{b} ({_fmt_p(res.p_value[i, res.names.index(b)])})" for b in res.ranking if res.beats(name, b)]
+            ranking.append([m, str(rank), name, str(aligned[name].size), f"{mean:.2f} [{lo:.2f}, {hi:.2f}]",
+                            f"{res.eps[i]:.3f} ± {res.eps_se[i]:.3f}", ", ".join(beats) or "-"])
+        for a, rel, b, p in res.verdicts():
+            i, j = res.names.index(a), res.names.index(b)
+            verdicts.append([m, a, rel, b, f"{res.delta[i, j]:+.3f}", _fmt_p(p), f"{kind}, order {order}"])
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", m)
+        figures[m] = _figure(m, aligned, out / f"compare_{safe}.png", seed=seed)
+    caption = (f"{ev}: ranking by the relative dominance test (order {order}, alpha {alpha}, {correction}, "
+               f"{n_boot} resamples); lower eps is better")
+    paths = {}
+    for stem, grid, headers in (("compare", ranking, ("Metric", "Rank", "Run")),
+                                ("compare_pairs", verdicts, ("Metric", "A", "", "B"))):
+        table = Table(number=stem, caption=caption, row_headers=headers,
+                      columns=[(h, h) for h in grid[0][len(headers):]], rows=[])
+        for ext, text in (("md", to_markdown(table, grid)), ("csv", to_csv(grid)), ("tex", to_latex(table, grid))):
+            paths[f"{stem}.{ext}"] = write_text(out / f"{stem}.{ext}", text)
+    return {"evaluation": ev, "tests": tests, "paths": paths, "figures": figures, "n_boot": n_boot}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", help="run folders (or their names under results/)")
+    p.add_argument("--eval", default=None, help="evaluation recipe (recipes/eval/*.yaml) or its name; "
+                                                "default: the one evaluation all runs share")
+    p.add_argument("--metrics", nargs="*", default=None, help="score columns (default: all in the per-sample scores)")
+    p.add_argument("--results-dir", default=str(RESULTS_DIR))
+    p.add_argument("--out-dir", default=None, help="default: <results-dir>/compare/<eval>")
+    p.add_argument("--order", type=int, choices=[1, 2], default=1, help="first- or second-order dominance")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--paired", choices=["auto", "yes", "no"], default="auto",
+                   help="auto: paired over prompts when every run answered the same prompts")
+    p.add_argument("--correction", choices=["holm", "bonferroni", "none"], default="holm")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    res = compare(a.runs, eval_name=a.eval, metrics=a.metrics, results_dir=a.results_dir, out_dir=a.out_dir,
+                  order=a.order, alpha=a.alpha, n_boot=a.n_boot, paired=a.paired, correction=a.correction,
+                  seed=a.seed)
+    print(res["paths"]["compare.md"].read_text())
+    print(res["paths"]["compare_pairs.md"].read_text())
+    print("written: " + ", ".join(str(x) for x in [*res["paths"].values(), *res["figures"].values()]))
+    return 0
