@@ -73,7 +73,8 @@ def prepare_judge(judge: dict, work_dir: Path) -> tuple[str, dict, dict]:
         if judge.get("model"):
             inner["completions_kwargs"]["model_name"] = judge["model"]
         env["OPENAI_API_KEY"] = key
-        env["OPENAI_CLIENT_CONFIG_PATH"] = str(work_dir / "no_client_config.yaml")  # absent -> key from the environment
+        # a file that does not exist: the client then takes the key from the environment
+        env["OPENAI_CLIENT_CONFIG_PATH"] = str(work_dir / "no_client_config.yaml")
     description["model"] = inner["completions_kwargs"].get("model_name")
     cfg_dir = work_dir / "annotator" / local
     cfg_dir.mkdir(parents=True, exist_ok=True)

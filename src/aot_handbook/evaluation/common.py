@@ -113,7 +113,8 @@ class RunInfo:
     recipe_sha256: str | None = None
     fingerprint: str | None = None  # what determined the weights (run.py); results follow it
     complete: bool = True
-    chat_template: str | None = None  # the recipe's; for a base model, the one its recipes train with (None: the tokenizer's)
+    # the recipe's; for a base model, the one its recipes train with (None: the tokenizer's)
+    chat_template: str | None = None
     recipe: dict = field(default_factory=dict, repr=False)
 
     @classmethod

@@ -28,13 +28,14 @@ def check_run_path(run_path: str) -> None:
         check_model_path(run_path, "RUN")
 
 
-def evaluate(run_path: str, eval_recipe: str, *, results_dir: str | Path = RESULTS_DIR, work_dir: str | Path | None = None,
-             allow_incomplete: bool = False) -> Path:
+def evaluate(run_path: str, eval_recipe: str, *, results_dir: str | Path = RESULTS_DIR,
+             work_dir: str | Path | None = None, allow_incomplete: bool = False) -> Path:
     recipe = load_eval_recipe(eval_recipe)
     check_run_path(run_path)
     run = RunInfo.from_path(run_path)
     if not run.complete and not allow_incomplete:
-        raise RuntimeError(f"{run_path}: no run.json, the run is not complete (pass --allow-incomplete to evaluate anyway)")
+        raise RuntimeError(f"{run_path}: no run.json, the run is not complete "
+                           "(pass --allow-incomplete to evaluate anyway)")
     work = Path(work_dir) if work_dir else Path(results_dir) / run.name / f"{recipe['name']}.work"
     _reset_if_stale(work, run, recipe)
     kind = recipe["kind"]
@@ -65,10 +66,12 @@ def _reset_if_stale(work: Path, run: RunInfo, recipe: dict) -> None:
 def _generation_kwargs(recipe: dict) -> dict:
     g = dict(recipe.get("generation") or {})
     g.setdefault("instructions", "tatsu-lab/alpaca_eval")
-    known = {"instructions", "limit", "max_new_tokens", "batch_size", "do_sample", "temperature", "top_p", "backend", "dtype"}
+    known = {"instructions", "limit", "max_new_tokens", "batch_size", "do_sample", "temperature", "top_p", "backend",
+             "dtype"}
     unknown = set(g) - known
     if unknown:
-        raise ValueError(f"{recipe['_path']}: unknown key(s) in 'generation': {sorted(unknown)} (known: {sorted(known)})")
+        raise ValueError(f"{recipe['_path']}: unknown key(s) in 'generation': {sorted(unknown)} "
+                         f"(known: {sorted(known)})")
     return g
 
 
