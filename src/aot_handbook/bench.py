@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import resource
@@ -116,9 +117,53 @@ def tiny_paths() -> dict:
 # ---------------------------------------------------------------- 1. trainer throughput vs TRL
 
 
-def _build_trainer(side: str, loss_type: str, steps: int, batch: int, seed: int):
+# A scaled-down Mistral-7B: its 32,000-token vocabulary, grouped-query attention (4 query heads per key/value
+# head), MLP 3.5x hidden and untied head, at hidden 256 and 4 layers; random weights, SDPA attention.
+REALISTIC_MODEL = dict(vocab_size=32000, hidden_size=256, intermediate_size=896, num_hidden_layers=4,
+                       num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=512,
+                       tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+# Token lengths, log-normal (median, sigma): the issue's UltraFeedback-like figures (prompts ~60 tokens, answers
+# ~90, long right tails), scaled down from the real set (its answers run to several hundred tokens) to fit a CPU.
+# Not measured on UltraFeedback here (offline). TRL's keep_start truncation at max_length cuts the tail.
+REALISTIC_LENGTHS = {"prompt": (60, 0.9), "answer": (90, 0.8), "max_length": 400}
+
+
+def realistic_assets(n_pairs: int, seed: int = 0):
+    """(tokenizer, pairs, model) for the realistic shapes: a word-level tokenizer over 32,000 words ``w<i>``
+    (one word, one token), pairs of random words with log-normal lengths, a randomly initialised Llama."""
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>"]
+    vocab = {w: i for i, w in enumerate(specials + [f"w{i}" for i in range(len(specials), 32000)])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    g = torch.Generator().manual_seed(seed)
+
+    def lengths(name):
+        median, sigma = REALISTIC_LENGTHS[name]
+        x = torch.randn(n_pairs, generator=g, dtype=torch.float64) * sigma + math.log(median)
+        return x.exp().round().clamp(min=1).long().tolist()
+
+    def words(n, lead=""):
+        return lead + " ".join(f"w{i}" for i in torch.randint(3, 32000, (n,), generator=g).tolist())
+
+    prompts, chosen, rejected = lengths("prompt"), lengths("answer"), lengths("answer")
+    pairs = Dataset.from_list([{"prompt": words(p), "chosen": words(c, " "), "rejected": words(r, " ")}
+                               for p, c, r in zip(prompts, chosen, rejected)])
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**REALISTIC_MODEL, attn_implementation="sdpa"))
+    return tokenizer, pairs, model
+
+
+def _build_trainer(side: str, loss_type: str, steps: int, batch: int, seed: int, shape: str = "tiny"):
     """Ours (AOTTrainer; ``ours_two_rows``: with ``aot_share_prompt=False``, TRL's layout) or TRL's
-    DPOTrainer AOT on the tiny task: same model, data, batch, steps, seed."""
+    DPOTrainer AOT: same model, data, batch, steps, seed. ``shape``: the tiny task, or ``realistic``
+    (``realistic_assets``: a 32k vocabulary, UltraFeedback-like lengths)."""
+    import copy
+
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
@@ -126,15 +171,20 @@ def _build_trainer(side: str, loss_type: str, steps: int, batch: int, seed: int)
     from .configs import AOTConfig
     from .trainer import AOTTrainer
 
-    paths = tiny_paths()
-    tokenizer = AutoTokenizer.from_pretrained(paths["model"])
-    data = load_dataset("json", data_files=paths["paired_train"], split="train")
-    data = data.select(range(min(len(data), steps * batch)))
-    model = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=torch.float32)
-    ref = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=torch.float32).eval().requires_grad_(False)
+    if shape == "realistic":
+        tokenizer, data, model = realistic_assets(steps * batch, seed)
+        ref, max_length = copy.deepcopy(model).eval().requires_grad_(False), REALISTIC_LENGTHS["max_length"]
+    else:
+        paths = tiny_paths()
+        tokenizer = AutoTokenizer.from_pretrained(paths["model"])
+        data = load_dataset("json", data_files=paths["paired_train"], split="train")
+        data = data.select(range(min(len(data), steps * batch)))
+        model = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=torch.float32)
+        ref = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=torch.float32).eval().requires_grad_(False)
+        max_length = 32
     common = dict(output_dir=tempfile.mkdtemp(prefix="bench_", dir="/tmp"), max_steps=steps,
                   per_device_train_batch_size=batch, learning_rate=1e-4, lr_scheduler_type="constant", beta=0.1,
-                  max_length=32, seed=seed, data_seed=seed, bf16=False, use_cpu=True, gradient_checkpointing=False,
+                  max_length=max_length, seed=seed, data_seed=seed, bf16=False, use_cpu=True, gradient_checkpointing=False,
                   report_to="none", save_strategy="no", eval_strategy="no", logging_steps=steps,
                   dataloader_num_workers=0, precompute_ref_log_probs=False, disable_tqdm=True)
     if side in ("ours", "ours_two_rows"):
@@ -145,11 +195,12 @@ def _build_trainer(side: str, loss_type: str, steps: int, batch: int, seed: int)
     return cls(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tokenizer)
 
 
-def _train_child(side: str, loss_type: str, steps: int, batch: int, seed: int, warmup: int) -> dict:
+def _train_child(side: str, loss_type: str, steps: int, batch: int, seed: int, warmup: int,
+                 shape: str = "tiny") -> dict:
     """One side of the trainer comparison, ``trainer.train()`` end to end (runs in its own process)."""
     from transformers import TrainerCallback
 
-    trainer = _build_trainer(side, loss_type, steps, batch, seed)
+    trainer = _build_trainer(side, loss_type, steps, batch, seed, shape)
     losses: list[float] = []
     inner = trainer.compute_loss
 
@@ -173,12 +224,24 @@ def _train_child(side: str, loss_type: str, steps: int, batch: int, seed: int, w
             "step_s": (stamps[-1] - stamps[warmup]) / max(timed - 1, 1)}
 
 
-def _steps_child(loss_type: str, steps: int, batch: int, seed: int, warmup: int) -> dict:
+def _positions(side: str, trainer, inputs) -> dict:
+    """Token positions one forward pass runs through the backbone and through the LM head (TRL's fused head
+    scores every position off CUDA/XPU; on them it keeps the completion positions, as ours does everywhere)."""
+    ids = inputs["input_ids"]
+    if side == "trl":
+        return {"tokens": ids.numel(), "logits": ids.size(0) * (ids.size(1) - 1)}
+    packed = trainer._pack(inputs) if side == "ours" else None
+    if packed is None:
+        return {"tokens": ids.numel(), "logits": int(inputs["completion_mask"][:, 1:].sum())}
+    return {"tokens": packed.input_ids.numel(), "logits": int((packed.labels[:, 1:] != -100).sum())}
+
+
+def _steps_child(loss_type: str, steps: int, batch: int, seed: int, warmup: int, shape: str = "tiny") -> dict:
     """The trainers in one process, their training steps (forward, reference forward, loss, backward)
     interleaved one by one on the same batches, the order rotating each step, so load changes hit
     every side alike. ``ours_two_rows`` (ours without the shared prompt) shows where a difference comes from."""
     sides = ("ours", "ours_two_rows", "trl")
-    trainers = {side: _build_trainer(side, loss_type, steps, batch, seed) for side in sides}
+    trainers = {side: _build_trainer(side, loss_type, steps, batch, seed, shape) for side in sides}
     loaders = {side: iter(t.get_train_dataloader()) for side, t in trainers.items()}
     batches = {side: [next(loaders[side]) for _ in range(min(steps, 8))] for side in trainers}
     same = all(torch.equal(a["input_ids"], b["input_ids"]) for side in sides[1:]
@@ -203,9 +266,13 @@ def _steps_child(loss_type: str, steps: int, batch: int, seed: int, warmup: int)
         return summary([b / a for a, b in zip(times[side], times["trl"])])
 
     packed = trainers["ours"]._pack(batches["ours"][0])
-    return {"loss_type": loss_type, "same_batches": same, "step_s": {s: summary(v) for s, v in times.items()},
+    # Per training step (policy and reference pass), the mean over the timed batches.
+    per_step = {s: {k: 2 * statistics.mean(_positions(s, trainers[s], b)[k] for b in batches[s])
+                    for k in ("tokens", "logits")} for s in sides}
+    return {"loss_type": loss_type, "shape": shape, "same_batches": same,
+            "step_s": {s: summary(v) for s, v in times.items()},
             "samples_per_s": {s: batch / summary(v)["median"] for s, v in times.items()},
-            "paired_ratio": ratio("ours"), "two_rows_ratio": ratio("ours_two_rows"),
+            "paired_ratio": ratio("ours"), "two_rows_ratio": ratio("ours_two_rows"), "per_step": per_step,
             "tokens_per_batch": {"ours": packed.input_ids.numel() if packed is not None else None,
                                  "trl": batches["trl"][0]["input_ids"].numel()},
             "step1_loss": {s: v[0] for s, v in losses.items()}}
@@ -264,6 +331,48 @@ def trainer_table(res: dict) -> str:
                   "throughput ours/TRL, per-step pairs (>=1.0)", "ours with TRL's two rows/TRL", "tokens per batch",
                   "train() e2e ours/TRL", "ours peak RSS MB", "TRL peak RSS MB", "RSS ours/TRL (<=1.05)",
                   "|step-1 loss diff|", "max |loss diff|, train() steps"], rows)
+
+
+# ---------------------------------------------------------------- 1b. the same on realistic shapes
+
+
+def bench_realistic(*, loss_type="aot_paired", steps=8, batch=4, warmup=2, memory_steps=10, seed=0,
+                    sides=("ours", "ours_two_rows", "trl")) -> dict:
+    """AOTTrainer in each layout against TRL on the realistic shapes (``realistic_assets``): throughput
+    interleaved step by step in one process (``_steps_child``); peak RSS and the losses of ``train()`` for
+    ``memory_steps`` steps, each side in a fresh process (``sides``; none: skipped)."""
+    steps_res = _child(["_steps", loss_type, str(steps), str(batch), str(seed), str(warmup), "realistic"])
+    runs = {side: _child(["_train", side, loss_type, str(memory_steps), str(batch), str(seed), "0", "realistic"])
+            for side in sides}
+    res = {"steps": steps_res, "train": runs,
+           "step1_loss_diff": max(abs(v - steps_res["step1_loss"]["trl"]) for v in steps_res["step1_loss"].values())}
+    if "trl" in runs:
+        for side in runs:
+            runs[side]["rss_ratio"] = runs[side]["peak_rss_mb"] / runs["trl"]["peak_rss_mb"]
+            runs[side]["loss_diff"] = max(abs(a - b) for a, b in zip(runs[side]["losses"], runs["trl"]["losses"]))
+            res["step1_loss_diff"] = max(res["step1_loss_diff"], abs(runs[side]["losses"][0] - runs["trl"]["losses"][0]))
+    res["config"] = {"loss_type": loss_type, "steps": steps, "warmup_steps": warmup, "batch": batch,
+                     "memory_steps": memory_steps, "seed": seed, "model": REALISTIC_MODEL,
+                     "lengths": REALISTIC_LENGTHS, "threads": torch.get_num_threads()}
+    return res
+
+
+def realistic_table(res: dict) -> str:
+    st, runs = res["steps"], res["train"]
+    names = {"ours": "ours, one row per pair (default)", "ours_two_rows": "ours, two rows (aot_share_prompt: false)",
+             "trl": "TRL DPOTrainer(loss_type=\"aot\")"}
+    rows = []
+    for side in ("ours", "ours_two_rows", "trl"):
+        ratio = {"ours": fmt(st["paired_ratio"], 3), "ours_two_rows": fmt(st["two_rows_ratio"], 3), "trl": "1"}[side]
+        r = runs.get(side)
+        rows.append([names[side], fmt(st["step_s"][side], 3), ratio, f"{st['per_step'][side]['tokens']:.0f}",
+                     f"{st['per_step'][side]['logits']:.0f}",
+                     f"{r['peak_rss_mb']:.0f} ({r['rss_ratio']:.3f})" if r and "rss_ratio" in r else "n/a",
+                     f"{st['step1_loss'][side] - st['step1_loss']['trl']:.1e}",
+                     f"{r['loss_diff']:.1e}" if r and "loss_diff" in r else "n/a"])
+    return table(["side", "step s (median [min-max])", "TRL time / this side's, per step", "tokens per step",
+                  "logits per step", "peak RSS MB (/ TRL)", "step-1 loss - TRL's", "max |loss diff| over train()"],
+                 rows)
 
 
 # ---------------------------------------------------------------- 2. reference log-prob cache
@@ -543,11 +652,13 @@ def generate_table(res: dict) -> str:
 
 QUICK = {
     "trainer": dict(loss_types=("aot_paired",), steps=3, batch=16, repeats=0, warmup=1),
+    "realistic": dict(steps=1, warmup=1, batch=2, sides=()),  # no train() processes
     "loss": dict(sizes=(64, 1024, 16384), repeats=3, min_time=0.01, soft_max_n=64),
     "generate": dict(n_prompts=32, n_single=4, repeats=1, batch_size=32),
 }
 FULL = {
     "trainer": dict(loss_types=("aot_paired", "aot_unpaired"), steps=20, batch=64, repeats=2, warmup=3),
+    "realistic": dict(),
     "cache": dict(seeds=(0, 1), steps=10, repeats=2),
     "loss": dict(),
     "generate": dict(),
@@ -557,7 +668,8 @@ FULL = {
 def run(sections: list[str], quick: bool) -> dict:
     plan = QUICK if quick else FULL
     results = {"machine": machine(), "quick": quick}
-    fns = {"trainer": (bench_trainer, trainer_table), "cache": (bench_cache, cache_table),
+    fns = {"trainer": (bench_trainer, trainer_table), "realistic": (bench_realistic, realistic_table),
+           "cache": (bench_cache, cache_table),
            "loss": (bench_loss, loss_table), "generate": (bench_generate, generate_table)}
     for name in sections:
         if name not in plan:
@@ -580,6 +692,15 @@ def run(sections: list[str], quick: bool) -> dict:
                 results["loss_share"] = share
                 print(f"hard-sort aot_loss at n=64: {share:.4%} of an AOTTrainer step (batch "
                       f"{results['trainer']['config']['batch']})")
+        if name == "realistic":
+            c = res["config"]
+            print(f"\n(realistic shapes: a {c['model']['num_hidden_layers']}-layer Llama, hidden {c['model']['hidden_size']}, "
+                  f"vocabulary {c['model']['vocab_size']}, SDPA, random weights; prompt and answer tokens log-normal "
+                  f"(median, sigma) {c['lengths']['prompt']} and {c['lengths']['answer']}, max_length "
+                  f"{c['lengths']['max_length']}; {c['loss_type']}; batch {c['batch']}; {c['steps']} training steps per "
+                  f"side after {c['warmup_steps']} warm-up, interleaved step by step in one process; a separate "
+                  f"reference model; {c['threads']} thread(s); RSS and losses: train() for {c['memory_steps']} steps, "
+                  f"a fresh process per side)")
         if name == "trainer":
             c = res["config"]
             print(f"\n(throughput: {c['steps']} training steps per side after {c['warmup_steps']} warm-up, interleaved "
@@ -593,7 +714,7 @@ def run(sections: list[str], quick: bool) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a small smoke run (< 1 min): one trainer pair, small n")
-    p.add_argument("--only", default="trainer,cache,loss,generate", help="comma-separated sections")
+    p.add_argument("--only", default="trainer,realistic,cache,loss,generate", help="comma-separated sections")
     p.add_argument("--json", help="also write every number to this file")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per process (default 1: on a shared machine, 2+ threads stall on each other)")
@@ -612,11 +733,11 @@ def _child_main(argv: list[str]) -> None:
     if os.environ.get("BENCH_THREADS"):
         torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
     if cmd == "_train":
-        side, loss_type, steps, batch, seed, warmup = argv[1:7]
-        _emit(_train_child(side, loss_type, int(steps), int(batch), int(seed), int(warmup)))
+        side, loss_type, steps, batch, seed, warmup, *shape = argv[1:8]
+        _emit(_train_child(side, loss_type, int(steps), int(batch), int(seed), int(warmup), *shape))
     elif cmd == "_steps":
-        loss_type, steps, batch, seed, warmup = argv[1:6]
-        _emit(_steps_child(loss_type, int(steps), int(batch), int(seed), int(warmup)))
+        loss_type, steps, batch, seed, warmup, *shape = argv[1:7]
+        _emit(_steps_child(loss_type, int(steps), int(batch), int(seed), int(warmup), *shape))
     elif cmd == "_sweep_run":
         _emit(train_probed(argv[1], json.loads(argv[2])))
     else:
