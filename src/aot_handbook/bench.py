@@ -336,15 +336,92 @@ def trainer_table(res: dict) -> str:
 # ---------------------------------------------------------------- 1b. the same on realistic shapes
 
 
+LAYOUTS = ("trl", "two_rows", "packed", "prefix")
+
+
+def _layouts_child(steps: int, batch: int, seed: int, warmup: int) -> dict:
+    """Where a step's time goes, per layout, on the realistic shapes: the policy's log-probs forward and backward
+    and the reference's forward, timed apart, interleaved batch by batch on TRL's collated batches. ``trl``: TRL's
+    fused head over every position (what DPOTrainer runs off CUDA); ``two_rows``: the head on completion
+    positions only; ``packed``: one row per pair; ``prefix``: the prompt once through the KV cache (prefix.py)."""
+    import copy
+
+    from trl import DPOConfig, DPOTrainer
+    from trl.trainer.utils import add_fused_lm_head
+
+    from .packing import completion_logps, pack_pairs
+    from .prefix import prefix_logps
+
+    tokenizer, data, model = realistic_assets(steps * batch, seed)
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    args = DPOConfig(output_dir=tempfile.mkdtemp(prefix="bench_", dir="/tmp"), per_device_train_batch_size=batch,
+                     max_length=REALISTIC_LENGTHS["max_length"], use_cpu=True, bf16=False, report_to="none",
+                     gradient_checkpointing=False, seed=seed, data_seed=seed, dataloader_num_workers=0)
+    loader = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data,
+                        processing_class=tokenizer).get_train_dataloader()
+    for m in (model, ref):
+        add_fused_lm_head(m)  # DPOTrainer added it to its own copies; these are the ones timed here
+    model.train()
+
+    def logps(m, layout, b):
+        ids, att, comp = b["input_ids"], b["attention_mask"], b["completion_mask"]
+        labels = ids.masked_fill(comp == 0, -100)
+        if layout == "trl":
+            return m(input_ids=ids, attention_mask=att, labels=labels, use_cache=False,
+                     fused_lm_head=True).log_probs.sum(1).chunk(2)
+        if layout == "two_rows":
+            return completion_logps(m, m.base_model, labels, input_ids=ids, attention_mask=att)[0].sum(1).chunk(2)
+        if layout == "prefix":
+            return prefix_logps(m, m.base_model, ids, att, comp)
+        packed = pack_pairs(ids, att, comp)
+        lp = completion_logps(m, m.base_model, packed.labels, **packed.model_kwargs("sdpa"))[0]
+        return (lp * packed.chosen_mask).sum(1), (lp * packed.rejected_mask).sum(1)
+
+    batches = [b for b, _ in zip(loader, range(steps))]
+    parts = {lay: {"forward": [], "backward": [], "reference": [], "step": []} for lay in LAYOUTS}
+    values = {}
+    for i in range(warmup + steps):
+        b = batches[i % len(batches)]
+        for lay in LAYOUTS[i % len(LAYOUTS):] + LAYOUTS[:i % len(LAYOUTS)]:
+            t0 = time.perf_counter()
+            chosen, rejected = logps(model, lay, b)
+            t1 = time.perf_counter()
+            (chosen.sum() - rejected.sum()).backward()
+            t2 = time.perf_counter()
+            with torch.no_grad():
+                ref_chosen, _ = logps(ref, lay, b)
+            t3 = time.perf_counter()
+            model.zero_grad(set_to_none=True)
+            values.setdefault(lay, torch.cat([chosen.detach(), ref_chosen]))
+            if i >= warmup:
+                for k, dt in zip(("forward", "backward", "reference", "step"), (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
+                    parts[lay][k].append(dt)
+    out = {lay: {k: summary(v) for k, v in p.items()} for lay, p in parts.items()}
+    for lay in LAYOUTS:
+        out[lay]["ratio"] = summary([a / b for a, b in zip(parts["trl"]["step"], parts[lay]["step"])])
+        out[lay]["max_logp_diff"] = float((values[lay] - values["trl"]).abs().max())
+    return out
+
+
+def layouts_table(res: dict) -> str:
+    names = {"trl": "TRL's two rows, head on every position", "two_rows": "two rows, head on completions",
+             "packed": "one row per pair", "prefix": "prompt once through the KV cache"}
+    rows = [[names[lay], fmt(r["forward"], 3), fmt(r["backward"], 3), fmt(r["reference"], 3), fmt(r["step"], 3),
+             fmt(r["ratio"], 2), f"{r['max_logp_diff']:.1e}"] for lay, r in res.items() if lay in LAYOUTS]
+    return table(["layout", "policy forward s", "policy backward s", "reference forward s", "total s",
+                  "TRL total / this", "max |log-prob diff| vs TRL (batch 1)"], rows)
+
+
 def bench_realistic(*, loss_type="aot_paired", steps=8, batch=4, warmup=2, memory_steps=10, seed=0,
-                    sides=("ours", "ours_two_rows", "trl")) -> dict:
+                    sides=("ours", "ours_two_rows", "trl"), layouts=True) -> dict:
     """AOTTrainer in each layout against TRL on the realistic shapes (``realistic_assets``): throughput
     interleaved step by step in one process (``_steps_child``); peak RSS and the losses of ``train()`` for
     ``memory_steps`` steps, each side in a fresh process (``sides``; none: skipped)."""
     steps_res = _child(["_steps", loss_type, str(steps), str(batch), str(seed), str(warmup), "realistic"])
+    layouts = _child(["_layouts", str(steps), str(batch), str(seed), str(warmup)]) if layouts else None
     runs = {side: _child(["_train", side, loss_type, str(memory_steps), str(batch), str(seed), "0", "realistic"])
             for side in sides}
-    res = {"steps": steps_res, "train": runs,
+    res = {"steps": steps_res, "train": runs, "layouts": layouts,
            "step1_loss_diff": max(abs(v - steps_res["step1_loss"]["trl"]) for v in steps_res["step1_loss"].values())}
     if "trl" in runs:
         for side in runs:
@@ -652,7 +729,7 @@ def generate_table(res: dict) -> str:
 
 QUICK = {
     "trainer": dict(loss_types=("aot_paired",), steps=3, batch=16, repeats=0, warmup=1),
-    "realistic": dict(steps=1, warmup=1, batch=2, sides=()),  # no train() processes
+    "realistic": dict(steps=1, warmup=1, batch=2, sides=(), layouts=False),  # no train() processes, no layouts
     "loss": dict(sizes=(64, 1024, 16384), repeats=3, min_time=0.01, soft_max_n=64),
     "generate": dict(n_prompts=32, n_single=4, repeats=1, batch_size=32),
 }
@@ -693,6 +770,9 @@ def run(sections: list[str], quick: bool) -> dict:
                 print(f"hard-sort aot_loss at n=64: {share:.4%} of an AOTTrainer step (batch "
                       f"{results['trainer']['config']['batch']})")
         if name == "realistic":
+            if res["layouts"]:
+                print("\nwhere the time goes, per layout (policy log-probs forward and backward, reference forward):\n")
+                print(layouts_table(res["layouts"]))
             c = res["config"]
             print(f"\n(realistic shapes: a {c['model']['num_hidden_layers']}-layer Llama, hidden {c['model']['hidden_size']}, "
                   f"vocabulary {c['model']['vocab_size']}, SDPA, random weights; prompt and answer tokens log-normal "
@@ -738,6 +818,8 @@ def _child_main(argv: list[str]) -> None:
     elif cmd == "_steps":
         loss_type, steps, batch, seed, warmup, *shape = argv[1:7]
         _emit(_steps_child(loss_type, int(steps), int(batch), int(seed), int(warmup), *shape))
+    elif cmd == "_layouts":
+        _emit(_layouts_child(*(int(x) for x in argv[1:5])))
     elif cmd == "_sweep_run":
         _emit(train_probed(argv[1], json.loads(argv[2])))
     else:
