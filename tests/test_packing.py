@@ -294,3 +294,37 @@ def test_completion_logps_equal_trls_head_and_skip_unscored_positions(layout):
     torch.testing.assert_close(grads(completion_logps(model, model.base_model, labels, **inputs)[0]),
                                grads(model(**inputs, labels=labels, use_cache=False, fused_lm_head=True).log_probs),
                                rtol=1e-5, atol=1e-7)
+
+
+def test_unpaired_trainer_logps_equal_trls_kto_head(tiny, tmp_path):
+    """UnpairedAOTTrainer's policy and reference passes (head on completion positions only) give the loss
+    computed from TRL's own KTO log-probs (its head over every position)."""
+    from aot_handbook.configs import AOTUnpairedConfig
+    from aot_handbook.loss import aot_loss
+    from aot_handbook.trainer import UnpairedAOTTrainer
+    from trl import KTOTrainer
+
+    data = load_dataset("json", data_files=str(tiny["unpaired_train"]), split="train").select(range(32))
+
+    def model(noise):
+        torch.manual_seed(0)
+        m = AutoModelForCausalLM.from_pretrained(tiny["base_model"])
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(noise * torch.randn_like(p))
+        return m
+
+    args = AOTUnpairedConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, **CPU)
+    trainer = UnpairedAOTTrainer(model=model(0.02), ref_model=model(0.0), args=args, train_dataset=data,
+                                 processing_class=AutoTokenizer.from_pretrained(tiny["tokenizer"]))
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, batch)
+    logps = KTOTrainer.compute_ref_log_probs(trainer, trainer.model, batch)[0]  # TRL's code, under no_grad
+    ref_logps = KTOTrainer.compute_ref_log_probs(trainer, trainer.ref_model, batch)[0]
+    positive = torch.as_tensor(batch["label"], dtype=torch.bool)
+    ratios = logps - ref_logps
+    expected = aot_loss(ratios[positive], ratios[~positive], beta=args.beta, penalty=args.aot_penalty,
+                        sort=args.aot_sort, **args.sort_options)
+    assert abs(expected.item() - 0.6931) > 1e-3
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-6, atol=1e-6)
