@@ -190,8 +190,10 @@ def _build_trainer(side: str, loss_type: str, steps: int, batch: int, seed: int,
     if side in ("ours", "ours_two_rows"):
         cls, args = AOTTrainer, AOTConfig(loss_type=loss_type, aot_share_prompt=side == "ours", **common)
     else:
+        # trl_pad64: TRL with its rows padded to a multiple of 64, the same math in another float rounding
+        # (a control: how far float32 alone moves the losses at these shapes).
         cls, args = DPOTrainer, DPOConfig(loss_type={"aot_paired": "aot", "aot_unpaired": "aot_unpaired"}[loss_type],
-                                          **common)
+                                          pad_to_multiple_of=64 if side == "trl_pad64" else None, **common)
     return cls(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tokenizer)
 
 
@@ -413,7 +415,7 @@ def layouts_table(res: dict) -> str:
 
 
 def bench_realistic(*, loss_type="aot_paired", steps=8, batch=4, warmup=2, memory_steps=10, seed=0,
-                    sides=("ours", "ours_two_rows", "trl"), layouts=True) -> dict:
+                    sides=("ours", "ours_two_rows", "trl", "trl_pad64"), layouts=True) -> dict:
     """AOTTrainer in each layout against TRL on the realistic shapes (``realistic_assets``): throughput
     interleaved step by step in one process (``_steps_child``); peak RSS and the losses of ``train()`` for
     ``memory_steps`` steps, each side in a fresh process (``sides``; none: skipped)."""
@@ -447,6 +449,11 @@ def realistic_table(res: dict) -> str:
                      f"{r['peak_rss_mb']:.0f} ({r['rss_ratio']:.3f})" if r and "rss_ratio" in r else "n/a",
                      f"{st['step1_loss'][side] - st['step1_loss']['trl']:.1e}",
                      f"{r['loss_diff']:.1e}" if r and "loss_diff" in r else "n/a"])
+    if "trl_pad64" in runs:  # the control: no interleaved timing, only its losses and RSS
+        r = runs["trl_pad64"]
+        rows.append(["TRL, rows padded to a multiple of 64 (float-rounding control)", "n/a", "n/a", "n/a", "n/a",
+                     f"{r['peak_rss_mb']:.0f} ({r['rss_ratio']:.3f})", f"{r['losses'][0] - runs['trl']['losses'][0]:.1e}",
+                     f"{r['loss_diff']:.1e}"])
     return table(["side", "step s (median [min-max])", "TRL time / this side's, per step", "tokens per step",
                   "logits per step", "peak RSS MB (/ TRL)", "step-1 loss - TRL's", "max |loss diff| over train()"],
                  rows)
