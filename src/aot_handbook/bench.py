@@ -4,12 +4,16 @@ Every comparison is interleaved (A, B, B, A, ...), warmed up, and reported as me
 spread (min-max) over repeats; the machine is shared, so read the spread before the median.
 Each trainer measurement runs in a fresh subprocess so its peak RSS is its own.
 
-    python scripts/bench.py [--quick] [--only trainer,cache,loss,generate] [--json out.json]
+    python scripts/bench.py [--quick] [--only trainer,realistic,cache,loss,generate] [--json out.json]
 
 Sections:
 - ``trainer``: samples/s and peak RSS of ``AOTTrainer`` (aot_paired / aot_unpaired) against TRL
   ``DPOTrainer(loss_type="aot" / "aot_unpaired")``: same model, data, batch, steps and seed; the
   step-1 losses must agree to 1e-6.
+- ``realistic``: the same comparison on realistic shapes (``realistic_assets``: a Llama with a 32k vocabulary,
+  UltraFeedback-like log-normal lengths, batch 4), every layout, tokens and logits per step; where a step's time
+  goes per layout (policy forward, backward, reference forward), including the prompt through the KV cache
+  (``prefix.py``); peak RSS and 10 ``train()`` steps' losses per side, with a float-rounding control.
 - ``cache``: a tiny sweep (AOT paired, AOT unpaired, DPO, IPO x 2 seeds) through
   ``aot_handbook.run.train`` with ``precompute_ref_log_probs: true``: TRL 1.16 as it is against
   the same sweep sharing one cache (``trainer.SharedRefCache``'s stable key) vs each run with its own;
@@ -736,7 +740,7 @@ def generate_table(res: dict) -> str:
 
 QUICK = {
     "trainer": dict(loss_types=("aot_paired",), steps=3, batch=16, repeats=0, warmup=1),
-    "realistic": dict(steps=1, warmup=1, batch=2, sides=(), layouts=False),  # no train() processes, no layouts
+    "realistic": dict(steps=1, warmup=0, batch=2, sides=(), layouts=False),  # no train() processes, no layouts
     "loss": dict(sizes=(64, 1024, 16384), repeats=3, min_time=0.01, soft_max_n=64),
     "generate": dict(n_prompts=32, n_single=4, repeats=1, batch_size=32),
 }
