@@ -49,7 +49,7 @@ def test_realistic_shapes_are_what_they_say():
     for name, column in (("prompt", "prompt"), ("answer", "chosen"), ("answer", "rejected")):
         n = sorted(len(tokenizer(text)["input_ids"]) for text in pairs[column])  # one word, one token
         assert n == sorted(len(text.split()) for text in pairs[column])
-        median, sigma = bench.REALISTIC_LENGTHS[name]
+        median, _ = bench.REALISTIC_LENGTHS[name]
         assert 0.85 * median < n[len(n) // 2] < 1.15 * median
         assert n[-1] > 3 * median  # a long tail
 

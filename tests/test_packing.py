@@ -299,10 +299,11 @@ def test_completion_logps_equal_trls_head_and_skip_unscored_positions(layout):
 def test_unpaired_trainer_logps_equal_trls_kto_head(tiny, tmp_path):
     """UnpairedAOTTrainer's policy and reference passes (head on completion positions only) give the loss
     computed from TRL's own KTO log-probs (its head over every position)."""
+    from trl import KTOTrainer
+
     from aot_handbook.configs import AOTUnpairedConfig
     from aot_handbook.loss import aot_loss
     from aot_handbook.trainer import UnpairedAOTTrainer
-    from trl import KTOTrainer
 
     data = load_dataset("json", data_files=str(tiny["unpaired_train"]), split="train").select(range(32))
 
