@@ -33,6 +33,25 @@ def test_quick_mode_prints_tables():
     ours, trl = (int(n) for n in cells["tokens per batch"].split(" vs "))
     assert ours < trl  # one row per pair: the prompt is not run twice
     assert "| True" in out  # batched and one-at-a-time greedy generations agree
+    # realistic shapes: the same losses, fewer tokens through the backbone and far fewer logits than TRL's
+    header = next(l for l in lines if l.startswith("| side "))
+    cells = {name: dict(zip((c.strip() for c in header.split(" | ")), (c.strip() for c in l.split(" | "))))
+             for name, l in (("ours", next(l for l in lines if l.startswith("| ours, one row per pair"))),
+                             ("trl", next(l for l in lines if l.startswith("| TRL DPOTrainer"))))}
+    assert float(cells["ours"]["step-1 loss - TRL's"]) == 0.0
+    assert int(cells["ours"]["tokens per step"]) < int(cells["trl"]["tokens per step"])
+    assert 2 * int(cells["ours"]["logits per step"]) < int(cells["trl"]["logits per step"])
+
+
+def test_realistic_shapes_are_what_they_say():
+    tokenizer, pairs, model = bench.realistic_assets(400, seed=1)
+    assert model.config.vocab_size == len(tokenizer) == 32000 and model.config._attn_implementation == "sdpa"
+    for name, column in (("prompt", "prompt"), ("answer", "chosen"), ("answer", "rejected")):
+        n = sorted(len(tokenizer(text)["input_ids"]) for text in pairs[column])  # one word, one token
+        assert n == sorted(len(text.split()) for text in pairs[column])
+        median, _ = bench.REALISTIC_LENGTHS[name]
+        assert 0.85 * median < n[len(n) // 2] < 1.15 * median
+        assert n[-1] > 3 * median  # a long tail
 
 
 def test_table_and_summary():

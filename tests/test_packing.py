@@ -252,3 +252,80 @@ def test_reference_with_another_attention_than_the_policy(tiny, tmp_path):
         assert (trainer._pack(batch) is not None) == share
         losses[share] = trainer.compute_loss(trainer.model, batch).item()
     assert losses[True] == pytest.approx(losses[False], rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["two_rows", "packed"])
+def test_completion_logps_equal_trls_head_and_skip_unscored_positions(layout):
+    """completion_logps gives TRL's fused-head log-probs and gradients while projecting only the scored
+    positions: the forward's matmul FLOPs drop by exactly the head's share of the unscored ones."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from trl.trainer.utils import add_fused_lm_head
+
+    from aot_handbook.packing import completion_logps
+
+    model = _tiny_model("llama", "sdpa")
+    add_fused_lm_head(model)
+    batch = _batch()
+    if layout == "packed":
+        packed = pack_pairs(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        inputs, labels = packed.model_kwargs("sdpa"), packed.labels
+    else:
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    flops = {}
+    with FlopCounterMode(display=False) as counter:
+        full = model(**inputs, labels=labels, use_cache=False, fused_lm_head=True).log_probs  # TRL's own path
+    flops["full"] = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        ours, _ = completion_logps(model, model.base_model, labels, **inputs)
+    flops["ours"] = counter.get_total_flops()
+    torch.testing.assert_close(ours, full, rtol=1e-6, atol=1e-6)
+    scored = int((labels[:, 1:] != -100).sum())
+    unscored = labels[:, 1:].numel() - scored
+    assert 0 < scored and 0 < unscored
+    vocab, hidden = model.config.vocab_size, model.config.hidden_size
+    assert flops["full"] - flops["ours"] == 2 * hidden * vocab * unscored
+
+    def grads(logps):
+        model.zero_grad()
+        (logps * torch.linspace(-1, 1, logps.numel()).view_as(logps)).sum().backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    torch.testing.assert_close(grads(completion_logps(model, model.base_model, labels, **inputs)[0]),
+                               grads(model(**inputs, labels=labels, use_cache=False, fused_lm_head=True).log_probs),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_unpaired_trainer_logps_equal_trls_kto_head(tiny, tmp_path):
+    """UnpairedAOTTrainer's policy and reference passes (head on completion positions only) give the loss
+    computed from TRL's own KTO log-probs (its head over every position)."""
+    from trl import KTOTrainer
+
+    from aot_handbook.configs import AOTUnpairedConfig
+    from aot_handbook.loss import aot_loss
+    from aot_handbook.trainer import UnpairedAOTTrainer
+
+    data = load_dataset("json", data_files=str(tiny["unpaired_train"]), split="train").select(range(32))
+
+    def model(noise):
+        torch.manual_seed(0)
+        m = AutoModelForCausalLM.from_pretrained(tiny["base_model"])
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(noise * torch.randn_like(p))
+        return m
+
+    args = AOTUnpairedConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, **CPU)
+    trainer = UnpairedAOTTrainer(model=model(0.02), ref_model=model(0.0), args=args, train_dataset=data,
+                                 processing_class=AutoTokenizer.from_pretrained(tiny["tokenizer"]))
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, batch)
+    logps = KTOTrainer.compute_ref_log_probs(trainer, trainer.model, batch)[0]  # TRL's code, under no_grad
+    ref_logps = KTOTrainer.compute_ref_log_probs(trainer, trainer.ref_model, batch)[0]
+    positive = torch.as_tensor(batch["label"], dtype=torch.bool)
+    ratios = logps - ref_logps
+    expected = aot_loss(ratios[positive], ratios[~positive], beta=args.beta, penalty=args.aot_penalty,
+                        sort=args.aot_sort, **args.sort_options)
+    assert abs(expected.item() - 0.6931) > 1e-3
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-6, atol=1e-6)

@@ -4,12 +4,16 @@ Every comparison is interleaved (A, B, B, A, ...), warmed up, and reported as me
 spread (min-max) over repeats; the machine is shared, so read the spread before the median.
 Each trainer measurement runs in a fresh subprocess so its peak RSS is its own.
 
-    python scripts/bench.py [--quick] [--only trainer,cache,loss,generate] [--json out.json]
+    python scripts/bench.py [--quick] [--only trainer,realistic,cache,loss,generate] [--json out.json]
 
 Sections:
 - ``trainer``: samples/s and peak RSS of ``AOTTrainer`` (aot_paired / aot_unpaired) against TRL
   ``DPOTrainer(loss_type="aot" / "aot_unpaired")``: same model, data, batch, steps and seed; the
   step-1 losses must agree to 1e-6.
+- ``realistic``: the same comparison on realistic shapes (``realistic_assets``: a Llama with a 32k vocabulary,
+  UltraFeedback-like log-normal lengths, batch 4), every layout, tokens and logits per step; where a step's time
+  goes per layout (policy forward, backward, reference forward), including the prompt through the KV cache
+  (``prefix.py``); peak RSS and 10 ``train()`` steps' losses per side, with a float-rounding control.
 - ``cache``: a tiny sweep (AOT paired, AOT unpaired, DPO, IPO x 2 seeds) through
   ``aot_handbook.run.train`` with ``precompute_ref_log_probs: true``: TRL 1.16 as it is against
   the same sweep sharing one cache (``trainer.SharedRefCache``'s stable key) vs each run with its own;
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import resource
@@ -116,9 +121,53 @@ def tiny_paths() -> dict:
 # ---------------------------------------------------------------- 1. trainer throughput vs TRL
 
 
-def _build_trainer(side: str, loss_type: str, steps: int, batch: int, seed: int):
+# A scaled-down Mistral-7B: its 32,000-token vocabulary, grouped-query attention (4 query heads per key/value
+# head), MLP 3.5x hidden and untied head, at hidden 256 and 4 layers; random weights, SDPA attention.
+REALISTIC_MODEL = dict(vocab_size=32000, hidden_size=256, intermediate_size=896, num_hidden_layers=4,
+                       num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=512,
+                       tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+# Token lengths, log-normal (median, sigma): the issue's UltraFeedback-like figures (prompts ~60 tokens, answers
+# ~90, long right tails), scaled down from the real set (its answers run to several hundred tokens) to fit a CPU.
+# Not measured on UltraFeedback here (offline). TRL's keep_start truncation at max_length cuts the tail.
+REALISTIC_LENGTHS = {"prompt": (60, 0.9), "answer": (90, 0.8), "max_length": 400}
+
+
+def realistic_assets(n_pairs: int, seed: int = 0):
+    """(tokenizer, pairs, model) for the realistic shapes: a word-level tokenizer over 32,000 words ``w<i>``
+    (one word, one token), pairs of random words with log-normal lengths, a randomly initialised Llama."""
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>"]
+    vocab = {w: i for i, w in enumerate(specials + [f"w{i}" for i in range(len(specials), 32000)])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    g = torch.Generator().manual_seed(seed)
+
+    def lengths(name):
+        median, sigma = REALISTIC_LENGTHS[name]
+        x = torch.randn(n_pairs, generator=g, dtype=torch.float64) * sigma + math.log(median)
+        return x.exp().round().clamp(min=1).long().tolist()
+
+    def words(n, lead=""):
+        return lead + " ".join(f"w{i}" for i in torch.randint(3, 32000, (n,), generator=g).tolist())
+
+    prompts, chosen, rejected = lengths("prompt"), lengths("answer"), lengths("answer")
+    pairs = Dataset.from_list([{"prompt": words(p), "chosen": words(c, " "), "rejected": words(r, " ")}
+                               for p, c, r in zip(prompts, chosen, rejected)])
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**REALISTIC_MODEL, attn_implementation="sdpa"))
+    return tokenizer, pairs, model
+
+
+def _build_trainer(side: str, loss_type: str, steps: int, batch: int, seed: int, shape: str = "tiny"):
     """Ours (AOTTrainer; ``ours_two_rows``: with ``aot_share_prompt=False``, TRL's layout) or TRL's
-    DPOTrainer AOT on the tiny task: same model, data, batch, steps, seed."""
+    DPOTrainer AOT: same model, data, batch, steps, seed. ``shape``: the tiny task, or ``realistic``
+    (``realistic_assets``: a 32k vocabulary, UltraFeedback-like lengths)."""
+    import copy
+
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
@@ -126,30 +175,38 @@ def _build_trainer(side: str, loss_type: str, steps: int, batch: int, seed: int)
     from .configs import AOTConfig
     from .trainer import AOTTrainer
 
-    paths = tiny_paths()
-    tokenizer = AutoTokenizer.from_pretrained(paths["model"])
-    data = load_dataset("json", data_files=paths["paired_train"], split="train")
-    data = data.select(range(min(len(data), steps * batch)))
-    model = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=torch.float32)
-    ref = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=torch.float32).eval().requires_grad_(False)
+    if shape == "realistic":
+        tokenizer, data, model = realistic_assets(steps * batch, seed)
+        ref, max_length = copy.deepcopy(model).eval().requires_grad_(False), REALISTIC_LENGTHS["max_length"]
+    else:
+        paths = tiny_paths()
+        tokenizer = AutoTokenizer.from_pretrained(paths["model"])
+        data = load_dataset("json", data_files=paths["paired_train"], split="train")
+        data = data.select(range(min(len(data), steps * batch)))
+        model = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=torch.float32)
+        ref = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=torch.float32).eval().requires_grad_(False)
+        max_length = 32
     common = dict(output_dir=tempfile.mkdtemp(prefix="bench_", dir="/tmp"), max_steps=steps,
                   per_device_train_batch_size=batch, learning_rate=1e-4, lr_scheduler_type="constant", beta=0.1,
-                  max_length=32, seed=seed, data_seed=seed, bf16=False, use_cpu=True, gradient_checkpointing=False,
+                  max_length=max_length, seed=seed, data_seed=seed, bf16=False, use_cpu=True, gradient_checkpointing=False,
                   report_to="none", save_strategy="no", eval_strategy="no", logging_steps=steps,
                   dataloader_num_workers=0, precompute_ref_log_probs=False, disable_tqdm=True)
     if side in ("ours", "ours_two_rows"):
         cls, args = AOTTrainer, AOTConfig(loss_type=loss_type, aot_share_prompt=side == "ours", **common)
     else:
+        # trl_pad64: TRL with its rows padded to a multiple of 64, the same math in another float rounding
+        # (a control: how far float32 alone moves the losses at these shapes).
         cls, args = DPOTrainer, DPOConfig(loss_type={"aot_paired": "aot", "aot_unpaired": "aot_unpaired"}[loss_type],
-                                          **common)
+                                          pad_to_multiple_of=64 if side == "trl_pad64" else None, **common)
     return cls(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tokenizer)
 
 
-def _train_child(side: str, loss_type: str, steps: int, batch: int, seed: int, warmup: int) -> dict:
+def _train_child(side: str, loss_type: str, steps: int, batch: int, seed: int, warmup: int,
+                 shape: str = "tiny") -> dict:
     """One side of the trainer comparison, ``trainer.train()`` end to end (runs in its own process)."""
     from transformers import TrainerCallback
 
-    trainer = _build_trainer(side, loss_type, steps, batch, seed)
+    trainer = _build_trainer(side, loss_type, steps, batch, seed, shape)
     losses: list[float] = []
     inner = trainer.compute_loss
 
@@ -173,12 +230,24 @@ def _train_child(side: str, loss_type: str, steps: int, batch: int, seed: int, w
             "step_s": (stamps[-1] - stamps[warmup]) / max(timed - 1, 1)}
 
 
-def _steps_child(loss_type: str, steps: int, batch: int, seed: int, warmup: int) -> dict:
+def _positions(side: str, trainer, inputs) -> dict:
+    """Token positions one forward pass runs through the backbone and through the LM head (TRL's fused head
+    scores every position off CUDA/XPU; on them it keeps the completion positions, as ours does everywhere)."""
+    ids = inputs["input_ids"]
+    if side == "trl":
+        return {"tokens": ids.numel(), "logits": ids.size(0) * (ids.size(1) - 1)}
+    packed = trainer._pack(inputs) if side == "ours" else None
+    if packed is None:
+        return {"tokens": ids.numel(), "logits": int(inputs["completion_mask"][:, 1:].sum())}
+    return {"tokens": packed.input_ids.numel(), "logits": int((packed.labels[:, 1:] != -100).sum())}
+
+
+def _steps_child(loss_type: str, steps: int, batch: int, seed: int, warmup: int, shape: str = "tiny") -> dict:
     """The trainers in one process, their training steps (forward, reference forward, loss, backward)
     interleaved one by one on the same batches, the order rotating each step, so load changes hit
     every side alike. ``ours_two_rows`` (ours without the shared prompt) shows where a difference comes from."""
     sides = ("ours", "ours_two_rows", "trl")
-    trainers = {side: _build_trainer(side, loss_type, steps, batch, seed) for side in sides}
+    trainers = {side: _build_trainer(side, loss_type, steps, batch, seed, shape) for side in sides}
     loaders = {side: iter(t.get_train_dataloader()) for side, t in trainers.items()}
     batches = {side: [next(loaders[side]) for _ in range(min(steps, 8))] for side in trainers}
     same = all(torch.equal(a["input_ids"], b["input_ids"]) for side in sides[1:]
@@ -203,9 +272,13 @@ def _steps_child(loss_type: str, steps: int, batch: int, seed: int, warmup: int)
         return summary([b / a for a, b in zip(times[side], times["trl"])])
 
     packed = trainers["ours"]._pack(batches["ours"][0])
-    return {"loss_type": loss_type, "same_batches": same, "step_s": {s: summary(v) for s, v in times.items()},
+    # Per training step (policy and reference pass), the mean over the timed batches.
+    per_step = {s: {k: 2 * statistics.mean(_positions(s, trainers[s], b)[k] for b in batches[s])
+                    for k in ("tokens", "logits")} for s in sides}
+    return {"loss_type": loss_type, "shape": shape, "same_batches": same,
+            "step_s": {s: summary(v) for s, v in times.items()},
             "samples_per_s": {s: batch / summary(v)["median"] for s, v in times.items()},
-            "paired_ratio": ratio("ours"), "two_rows_ratio": ratio("ours_two_rows"),
+            "paired_ratio": ratio("ours"), "two_rows_ratio": ratio("ours_two_rows"), "per_step": per_step,
             "tokens_per_batch": {"ours": packed.input_ids.numel() if packed is not None else None,
                                  "trl": batches["trl"][0]["input_ids"].numel()},
             "step1_loss": {s: v[0] for s, v in losses.items()}}
@@ -264,6 +337,130 @@ def trainer_table(res: dict) -> str:
                   "throughput ours/TRL, per-step pairs (>=1.0)", "ours with TRL's two rows/TRL", "tokens per batch",
                   "train() e2e ours/TRL", "ours peak RSS MB", "TRL peak RSS MB", "RSS ours/TRL (<=1.05)",
                   "|step-1 loss diff|", "max |loss diff|, train() steps"], rows)
+
+
+# ---------------------------------------------------------------- 1b. the same on realistic shapes
+
+
+LAYOUTS = ("trl", "two_rows", "packed", "prefix")
+
+
+def _layouts_child(steps: int, batch: int, seed: int, warmup: int) -> dict:
+    """Where a step's time goes, per layout, on the realistic shapes: the policy's log-probs forward and backward
+    and the reference's forward, timed apart, interleaved batch by batch on TRL's collated batches. ``trl``: TRL's
+    fused head over every position (what DPOTrainer runs off CUDA); ``two_rows``: the head on completion
+    positions only; ``packed``: one row per pair; ``prefix``: the prompt once through the KV cache (prefix.py)."""
+    import copy
+
+    from trl import DPOConfig, DPOTrainer
+    from trl.trainer.utils import add_fused_lm_head
+
+    from .packing import completion_logps, pack_pairs
+    from .prefix import prefix_logps
+
+    tokenizer, data, model = realistic_assets(steps * batch, seed)
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    args = DPOConfig(output_dir=tempfile.mkdtemp(prefix="bench_", dir="/tmp"), per_device_train_batch_size=batch,
+                     max_length=REALISTIC_LENGTHS["max_length"], use_cpu=True, bf16=False, report_to="none",
+                     gradient_checkpointing=False, seed=seed, data_seed=seed, dataloader_num_workers=0)
+    loader = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data,
+                        processing_class=tokenizer).get_train_dataloader()
+    for m in (model, ref):
+        add_fused_lm_head(m)  # DPOTrainer added it to its own copies; these are the ones timed here
+    model.train()
+
+    def logps(m, layout, b):
+        ids, att, comp = b["input_ids"], b["attention_mask"], b["completion_mask"]
+        labels = ids.masked_fill(comp == 0, -100)
+        if layout == "trl":
+            return m(input_ids=ids, attention_mask=att, labels=labels, use_cache=False,
+                     fused_lm_head=True).log_probs.sum(1).chunk(2)
+        if layout == "two_rows":
+            return completion_logps(m, m.base_model, labels, input_ids=ids, attention_mask=att)[0].sum(1).chunk(2)
+        if layout == "prefix":
+            return prefix_logps(m, m.base_model, ids, att, comp)
+        packed = pack_pairs(ids, att, comp)
+        lp = completion_logps(m, m.base_model, packed.labels, **packed.model_kwargs("sdpa"))[0]
+        return (lp * packed.chosen_mask).sum(1), (lp * packed.rejected_mask).sum(1)
+
+    batches = [b for b, _ in zip(loader, range(steps))]
+    parts = {lay: {"forward": [], "backward": [], "reference": [], "step": []} for lay in LAYOUTS}
+    values = {}
+    for i in range(warmup + steps):
+        b = batches[i % len(batches)]
+        for lay in LAYOUTS[i % len(LAYOUTS):] + LAYOUTS[:i % len(LAYOUTS)]:
+            t0 = time.perf_counter()
+            chosen, rejected = logps(model, lay, b)
+            t1 = time.perf_counter()
+            (chosen.sum() - rejected.sum()).backward()
+            t2 = time.perf_counter()
+            with torch.no_grad():
+                ref_chosen, _ = logps(ref, lay, b)
+            t3 = time.perf_counter()
+            model.zero_grad(set_to_none=True)
+            values.setdefault(lay, torch.cat([chosen.detach(), ref_chosen]))
+            if i >= warmup:
+                for k, dt in zip(("forward", "backward", "reference", "step"), (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
+                    parts[lay][k].append(dt)
+    out = {lay: {k: summary(v) for k, v in p.items()} for lay, p in parts.items()}
+    for lay in LAYOUTS:
+        out[lay]["ratio"] = summary([a / b for a, b in zip(parts["trl"]["step"], parts[lay]["step"])])
+        out[lay]["max_logp_diff"] = float((values[lay] - values["trl"]).abs().max())
+    return out
+
+
+def layouts_table(res: dict) -> str:
+    names = {"trl": "TRL's two rows, head on every position", "two_rows": "two rows, head on completions",
+             "packed": "one row per pair", "prefix": "prompt once through the KV cache"}
+    rows = [[names[lay], fmt(r["forward"], 3), fmt(r["backward"], 3), fmt(r["reference"], 3), fmt(r["step"], 3),
+             fmt(r["ratio"], 2), f"{r['max_logp_diff']:.1e}"] for lay, r in res.items() if lay in LAYOUTS]
+    return table(["layout", "policy forward s", "policy backward s", "reference forward s", "total s",
+                  "TRL total / this", "max |log-prob diff| vs TRL (batch 1)"], rows)
+
+
+def bench_realistic(*, loss_type="aot_paired", steps=8, batch=4, warmup=2, memory_steps=10, seed=0,
+                    sides=("ours", "ours_two_rows", "trl", "trl_pad64"), layouts=True) -> dict:
+    """AOTTrainer in each layout against TRL on the realistic shapes (``realistic_assets``): throughput
+    interleaved step by step in one process (``_steps_child``); peak RSS and the losses of ``train()`` for
+    ``memory_steps`` steps, each side in a fresh process (``sides``; none: skipped)."""
+    steps_res = _child(["_steps", loss_type, str(steps), str(batch), str(seed), str(warmup), "realistic"])
+    layouts = _child(["_layouts", str(steps), str(batch), str(seed), str(warmup)]) if layouts else None
+    runs = {side: _child(["_train", side, loss_type, str(memory_steps), str(batch), str(seed), "0", "realistic"])
+            for side in sides}
+    res = {"steps": steps_res, "train": runs, "layouts": layouts,
+           "step1_loss_diff": max(abs(v - steps_res["step1_loss"]["trl"]) for v in steps_res["step1_loss"].values())}
+    if "trl" in runs:
+        for side in runs:
+            runs[side]["rss_ratio"] = runs[side]["peak_rss_mb"] / runs["trl"]["peak_rss_mb"]
+            runs[side]["loss_diff"] = max(abs(a - b) for a, b in zip(runs[side]["losses"], runs["trl"]["losses"]))
+            res["step1_loss_diff"] = max(res["step1_loss_diff"], abs(runs[side]["losses"][0] - runs["trl"]["losses"][0]))
+    res["config"] = {"loss_type": loss_type, "steps": steps, "warmup_steps": warmup, "batch": batch,
+                     "memory_steps": memory_steps, "seed": seed, "model": REALISTIC_MODEL,
+                     "lengths": REALISTIC_LENGTHS, "threads": torch.get_num_threads()}
+    return res
+
+
+def realistic_table(res: dict) -> str:
+    st, runs = res["steps"], res["train"]
+    names = {"ours": "ours, one row per pair (default)", "ours_two_rows": "ours, two rows (aot_share_prompt: false)",
+             "trl": "TRL DPOTrainer(loss_type=\"aot\")"}
+    rows = []
+    for side in ("ours", "ours_two_rows", "trl"):
+        ratio = {"ours": fmt(st["paired_ratio"], 3), "ours_two_rows": fmt(st["two_rows_ratio"], 3), "trl": "1"}[side]
+        r = runs.get(side)
+        rows.append([names[side], fmt(st["step_s"][side], 3), ratio, f"{st['per_step'][side]['tokens']:.0f}",
+                     f"{st['per_step'][side]['logits']:.0f}",
+                     f"{r['peak_rss_mb']:.0f} ({r['rss_ratio']:.3f})" if r and "rss_ratio" in r else "n/a",
+                     f"{st['step1_loss'][side] - st['step1_loss']['trl']:.1e}",
+                     f"{r['loss_diff']:.1e}" if r and "loss_diff" in r else "n/a"])
+    if "trl_pad64" in runs:  # the control: no interleaved timing, only its losses and RSS
+        r = runs["trl_pad64"]
+        rows.append(["TRL, rows padded to a multiple of 64 (float-rounding control)", "n/a", "n/a", "n/a", "n/a",
+                     f"{r['peak_rss_mb']:.0f} ({r['rss_ratio']:.3f})", f"{r['losses'][0] - runs['trl']['losses'][0]:.1e}",
+                     f"{r['loss_diff']:.1e}"])
+    return table(["side", "step s (median [min-max])", "TRL time / this side's, per step", "tokens per step",
+                  "logits per step", "peak RSS MB (/ TRL)", "step-1 loss - TRL's", "max |loss diff| over train()"],
+                 rows)
 
 
 # ---------------------------------------------------------------- 2. reference log-prob cache
@@ -543,11 +740,13 @@ def generate_table(res: dict) -> str:
 
 QUICK = {
     "trainer": dict(loss_types=("aot_paired",), steps=3, batch=16, repeats=0, warmup=1),
+    "realistic": dict(steps=1, warmup=0, batch=2, sides=(), layouts=False),  # no train() processes, no layouts
     "loss": dict(sizes=(64, 1024, 16384), repeats=3, min_time=0.01, soft_max_n=64),
     "generate": dict(n_prompts=32, n_single=4, repeats=1, batch_size=32),
 }
 FULL = {
     "trainer": dict(loss_types=("aot_paired", "aot_unpaired"), steps=20, batch=64, repeats=2, warmup=3),
+    "realistic": dict(),
     "cache": dict(seeds=(0, 1), steps=10, repeats=2),
     "loss": dict(),
     "generate": dict(),
@@ -557,7 +756,8 @@ FULL = {
 def run(sections: list[str], quick: bool) -> dict:
     plan = QUICK if quick else FULL
     results = {"machine": machine(), "quick": quick}
-    fns = {"trainer": (bench_trainer, trainer_table), "cache": (bench_cache, cache_table),
+    fns = {"trainer": (bench_trainer, trainer_table), "realistic": (bench_realistic, realistic_table),
+           "cache": (bench_cache, cache_table),
            "loss": (bench_loss, loss_table), "generate": (bench_generate, generate_table)}
     for name in sections:
         if name not in plan:
@@ -580,6 +780,18 @@ def run(sections: list[str], quick: bool) -> dict:
                 results["loss_share"] = share
                 print(f"hard-sort aot_loss at n=64: {share:.4%} of an AOTTrainer step (batch "
                       f"{results['trainer']['config']['batch']})")
+        if name == "realistic":
+            if res["layouts"]:
+                print("\nwhere the time goes, per layout (policy log-probs forward and backward, reference forward):\n")
+                print(layouts_table(res["layouts"]))
+            c = res["config"]
+            print(f"\n(realistic shapes: a {c['model']['num_hidden_layers']}-layer Llama, hidden {c['model']['hidden_size']}, "
+                  f"vocabulary {c['model']['vocab_size']}, SDPA, random weights; prompt and answer tokens log-normal "
+                  f"(median, sigma) {c['lengths']['prompt']} and {c['lengths']['answer']}, max_length "
+                  f"{c['lengths']['max_length']}; {c['loss_type']}; batch {c['batch']}; {c['steps']} training steps per "
+                  f"side after {c['warmup_steps']} warm-up, interleaved step by step in one process; a separate "
+                  f"reference model; {c['threads']} thread(s); RSS and losses: train() for {c['memory_steps']} steps, "
+                  f"a fresh process per side)")
         if name == "trainer":
             c = res["config"]
             print(f"\n(throughput: {c['steps']} training steps per side after {c['warmup_steps']} warm-up, interleaved "
@@ -593,7 +805,7 @@ def run(sections: list[str], quick: bool) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a small smoke run (< 1 min): one trainer pair, small n")
-    p.add_argument("--only", default="trainer,cache,loss,generate", help="comma-separated sections")
+    p.add_argument("--only", default="trainer,realistic,cache,loss,generate", help="comma-separated sections")
     p.add_argument("--json", help="also write every number to this file")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per process (default 1: on a shared machine, 2+ threads stall on each other)")
@@ -612,11 +824,13 @@ def _child_main(argv: list[str]) -> None:
     if os.environ.get("BENCH_THREADS"):
         torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
     if cmd == "_train":
-        side, loss_type, steps, batch, seed, warmup = argv[1:7]
-        _emit(_train_child(side, loss_type, int(steps), int(batch), int(seed), int(warmup)))
+        side, loss_type, steps, batch, seed, warmup, *shape = argv[1:8]
+        _emit(_train_child(side, loss_type, int(steps), int(batch), int(seed), int(warmup), *shape))
     elif cmd == "_steps":
-        loss_type, steps, batch, seed, warmup = argv[1:6]
-        _emit(_steps_child(loss_type, int(steps), int(batch), int(seed), int(warmup)))
+        loss_type, steps, batch, seed, warmup, *shape = argv[1:7]
+        _emit(_steps_child(loss_type, int(steps), int(batch), int(seed), int(warmup), *shape))
+    elif cmd == "_layouts":
+        _emit(_layouts_child(*(int(x) for x in argv[1:5])))
     elif cmd == "_sweep_run":
         _emit(train_probed(argv[1], json.loads(argv[2])))
     else:

@@ -17,6 +17,10 @@ for the eager and SDPA attentions.
 
 Tokens per pair: ``P + C + 1 + R`` instead of twice the padded ``P + max(C, R)``. The log-probs
 equal the two-row forward's up to float rounding (tests/test_packing.py, per architecture).
+
+``completion_logps`` (both layouts) runs the LM head only where a label is scored: TRL's fused head
+scores every position of every row off CUDA/XPU (prompt, padding and all; on Triton devices it keeps
+only the scored ones), and with a 32k vocabulary the head is most of a small model's work.
 """
 
 from __future__ import annotations
@@ -62,6 +66,31 @@ def unsupported_reason(model) -> str | None:
     if any(getattr(c, "is_prompt_learning", False) for c in getattr(model, "peft_config", {}).values()):
         return "prompt-learning PEFT prepends virtual tokens to every row"
     return None
+
+
+def completion_logps(model, backbone, labels: torch.Tensor, **inputs):
+    """Per-token log-probs ``(B, L - 1)`` of the next-token ``labels`` (-100: not scored, 0 there), and the output.
+
+    ``model`` is what the trainer calls (DDP/PEFT-wrapped), ``backbone`` the module TRL's fused LM head runs
+    first (``base_model`` of the causal LM that ``add_fused_lm_head`` patched). A forward hook on it keeps the
+    hidden states of the scored positions only, as one row, and TRL's head scores them with the labels
+    pre-shifted (``shift_labels``), with all its handling of temperature, logit scaling, soft-capping and
+    autocast. The other positions' logits are never computed.
+    """
+    scored = labels[:, 1:] != -100
+    length = labels.size(1)
+
+    def keep_scored(module, args, output):  # the last `length` positions: prompt-learning PEFT prepends tokens
+        output.last_hidden_state = output.last_hidden_state[:, -length:][:, :-1][scored][None]
+        return output
+
+    handle = backbone.register_forward_hook(keep_scored)
+    try:
+        outputs = model(**inputs, shift_labels=labels[:, 1:][scored][None], use_cache=False, fused_lm_head=True)
+    finally:
+        handle.remove()
+    outputs.log_probs = outputs.log_probs.new_zeros(scored.shape).masked_scatter(scored, outputs.log_probs[0])
+    return outputs.log_probs, outputs
 
 
 def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,

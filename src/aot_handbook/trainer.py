@@ -32,7 +32,7 @@ from trl.trainer.utils import use_adapter
 
 from .diagnostics import fsd_diagnostics
 from .loss import aot_loss
-from .packing import PackedPairs, pack_pairs, unsupported_reason
+from .packing import PackedPairs, completion_logps, pack_pairs, unsupported_reason
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +208,23 @@ class HandbookKTOTrainer(SharedRefCache, KTOTrainer):
 class _AOTObjective:
     """The AOT part shared by both trainers: (u, v) -> loss, with optional global sort and logs."""
 
+    def _backbone(self, model):
+        """The module TRL's fused LM head runs before the head (``completion_logps`` hooks it)."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        return (unwrapped.get_base_model() if is_peft_model(unwrapped) else unwrapped).base_model
+
+    @contextlib.contextmanager
+    def _reference_pass(self):
+        """TRL's reference contexts (``compute_ref_log_probs`` of DPO and KTO): no grad, no checkpointing,
+        the PEFT adapters off when the reference is the policy without them."""
+        adapters = contextlib.nullcontext()
+        if self.ref_model is None and is_peft_model(self.model):
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            adapters = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        with (torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+              adapters, self.accelerator.autocast()):
+            yield
+
     def _global_sort(self) -> bool:
         flag = self.args.aot_global_sort
         return _multi_process() if flag is None else (flag and _multi_process())
@@ -308,26 +325,27 @@ class AOTTrainer(_AOTObjective, SharedRefCache, DPOTrainer):
         """(chosen, rejected) summed log-probs, per-token log-probs and the model output, from one row per pair."""
         # The mask's form follows the attention of the model called (a reference may differ from the policy).
         attention = getattr(self.accelerator.unwrap_model(model).config, "_attn_implementation", None) or "eager"
-        outputs = model(**packed.model_kwargs(attention), labels=packed.labels, use_cache=False, fused_lm_head=True)
-        per_token_logps = outputs.log_probs
+        per_token_logps, outputs = completion_logps(model, self._backbone(model), packed.labels,
+                                                    **packed.model_kwargs(attention))
         chosen = (per_token_logps * packed.chosen_mask).sum(1)
         rejected = (per_token_logps * packed.rejected_mask).sum(1)
+        return chosen, rejected, per_token_logps, outputs
+
+    def _two_row_logps(self, model, inputs):
+        """(chosen, rejected) summed log-probs, per-token log-probs and the model output, in TRL's two rows per pair."""
+        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        per_token_logps, outputs = completion_logps(model, self._backbone(model), labels, **model_kwargs)
+        chosen, rejected = per_token_logps.sum(dim=1).chunk(2, dim=0)
         return chosen, rejected, per_token_logps, outputs
 
     # TRL's compute_ref_log_probs stays as it is: TRL calls it only to precompute the reference log-probs
     # into the cache every method of a sweep shares (SharedRefCache), so that cache holds exactly TRL's
     # two-row numbers whichever run wrote it (packed ones differ in the last float bits); it runs once a sweep.
     def _ref_logps(self, model, inputs, packed: PackedPairs | None):
-        """The per-step reference pass, packed when the policy pass was."""
-        if packed is None:
-            return super().compute_ref_log_probs(model, inputs)
-        adapters = contextlib.nullcontext()  # TRL's reference contexts (DPOTrainer.compute_ref_log_probs)
-        if self.ref_model is None and is_peft_model(self.model):
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            adapters = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
-        with (torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
-              adapters, self.accelerator.autocast()):
-            return self._pair_logps(model, packed)[:2]
+        """The per-step reference pass, in the policy pass's layout."""
+        with self._reference_pass():
+            return (self._two_row_logps(model, inputs) if packed is None else self._pair_logps(model, packed))[:2]
 
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
@@ -336,14 +354,8 @@ class AOTTrainer(_AOTObjective, SharedRefCache, DPOTrainer):
             chosen_logps, rejected_logps, per_token_logps, outputs = self._pair_logps(model, packed)
             chosen_token_logps, chosen_token_mask = per_token_logps, packed.chosen_mask
         else:  # TRL's layout: rows [chosen..., rejected...]
-            completion_mask = inputs["completion_mask"]
-            model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
-            labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-            outputs = model(**model_kwargs, labels=labels, use_cache=False, fused_lm_head=True)
-            shift_mask = completion_mask[..., 1:]
-            per_token_logps = outputs.log_probs[:, -shift_mask.size(1) :]  # PEFT prompt tuning prepends tokens
-            chosen_logps, rejected_logps = per_token_logps.sum(dim=1).chunk(2, dim=0)
-            chosen_token_logps, chosen_token_mask = per_token_logps.chunk(2)[0], shift_mask.chunk(2)[0]
+            chosen_logps, rejected_logps, per_token_logps, outputs = self._two_row_logps(model, inputs)
+            chosen_token_logps, chosen_token_mask = per_token_logps.chunk(2)[0], inputs["completion_mask"][:, 1:].chunk(2)[0]
 
         if self.precompute_ref_logps:
             ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
@@ -438,14 +450,16 @@ class UnpairedAOTTrainer(_AOTObjective, SharedRefCache, KTOTrainer):
         mode = "train" if self.model.training else "eval"
         model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
-        outputs = model(**model_kwargs, labels=labels, use_cache=False, fused_lm_head=True)
-        seq_len = inputs["input_ids"].size(1) - 1
-        per_token_logps = outputs.log_probs[:, -seq_len:]
+        # The LM head on completion positions only (packing.completion_logps), for the policy and the per-step
+        # reference pass; TRL's compute_ref_log_probs stays as it is for the precomputed (shared) cache.
+        per_token_logps, outputs = completion_logps(model, self._backbone(model), labels, **model_kwargs)
         logps = per_token_logps.sum(-1)
         if self.precompute_ref_logps:
             ref_logps = inputs["ref_logps"]
         else:
-            ref_logps, _ = self.compute_ref_log_probs(self.ref_model or self.model, inputs)
+            ref_model = self.ref_model or self.model
+            with self._reference_pass():
+                ref_logps = completion_logps(ref_model, self._backbone(ref_model), labels, **model_kwargs)[0].sum(-1)
 
         positive = torch.as_tensor(inputs["label"], dtype=torch.bool, device=logps.device)
         logratios = logps - ref_logps
