@@ -11,7 +11,7 @@
 
 TRL's own ``aot``/``aot_unpaired`` losses sort per device and use the logistic penalty only;
 these add the other penalties, soft sorts, unequal batch sizes, the global sort across
-data-parallel ranks (AOT_SPEC sec. 6) and FSD diagnostics in the logs.
+data-parallel ranks (docs/MATH.md sec. 6) and FSD diagnostics in the logs.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from .packing import PackedPairs, completion_logps, pack_pairs, unsupported_reas
 
 logger = logging.getLogger(__name__)
 
-_UV_NAMES = {  # AOT_SPEC sec. 2
+_UV_NAMES = {  # docs/MATH.md sec. 2
     "aot_paired": ("U = policy chosen-rejected margins", "V = reference chosen-rejected margins"),
     "aot_unpaired": ("U = chosen log-ratios", "V = rejected log-ratios"),
 }
