@@ -26,18 +26,19 @@ def test_quick_mode_prints_tables():
     for heading in ("## trainer", "## loss", "## generate", "ours samples/s", "soft_pav fwd+bwd ms", "prompts/s"):
         assert heading in out, out
     lines = out.splitlines()
-    header = next(l for l in lines if l.startswith("| ours (AOTTrainer)"))
-    row = next(l for l in lines if l.startswith("| aot_paired"))
+    header = next(line for line in lines if line.startswith("| ours (AOTTrainer)"))
+    row = next(line for line in lines if line.startswith("| aot_paired"))
     cells = dict(zip((c.strip() for c in header.split(" | ")), (c.strip() for c in row.split(" | "))))
     assert float(cells["|step-1 loss diff|"]) <= 1e-6  # step-1 loss of ours vs TRL's aot
     ours, trl = (int(n) for n in cells["tokens per batch"].split(" vs "))
     assert ours < trl  # one row per pair: the prompt is not run twice
     assert "| True" in out  # batched and one-at-a-time greedy generations agree
     # realistic shapes: the same losses, fewer tokens through the backbone and far fewer logits than TRL's
-    header = next(l for l in lines if l.startswith("| side "))
-    cells = {name: dict(zip((c.strip() for c in header.split(" | ")), (c.strip() for c in l.split(" | "))))
-             for name, l in (("ours", next(l for l in lines if l.startswith("| ours, one row per pair"))),
-                             ("trl", next(l for l in lines if l.startswith("| TRL DPOTrainer"))))}
+    header = next(line for line in lines if line.startswith("| side "))
+    sides = {"ours": "| ours, one row per pair", "trl": "| TRL DPOTrainer"}
+    rows_of = {name: next(line for line in lines if line.startswith(start)) for name, start in sides.items()}
+    cells = {name: dict(zip((c.strip() for c in header.split(" | ")), (c.strip() for c in row.split(" | "))))
+             for name, row in rows_of.items()}
     assert float(cells["ours"]["step-1 loss - TRL's"]) == 0.0
     assert int(cells["ours"]["tokens per step"]) < int(cells["trl"]["tokens per step"])
     assert 2 * int(cells["ours"]["logits per step"]) < int(cells["trl"]["logits per step"])
@@ -78,7 +79,7 @@ def cache_env(tiny, tmp_path, monkeypatch):
     import datasets
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
-    rows = [json.loads(l) for l in open(tiny["paired_train"])][:96]
+    rows = [json.loads(line) for line in open(tiny["paired_train"])][:96]
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     other = tmp_path / "pairs_other.jsonl"  # the same rows but one
@@ -165,14 +166,15 @@ def test_two_runs_writing_the_cache_at_once(cache_env):
     hf = cache_env["tmp"] / "hf_concurrent"
     env = {**os.environ, **bench.OFFLINE_ENV, "HF_DATASETS_CACHE": str(hf)}
     procs = [subprocess.Popen([sys.executable, "-m", "aot_handbook.bench", "_sweep_run", cache_env["recipe"],
-                               json.dumps(["--method", method, "--output_dir", str(cache_env["tmp"] / f"c-{method}")])],
+                               json.dumps(["--method", method,
+                                           "--output_dir", str(cache_env["tmp"] / f"c-{method}")])],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for method in ("aot_paired", "dpo")]
     results = []
     for p in procs:
         out, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
-        results.append(json.loads([l for l in out.splitlines() if l.startswith("BENCH ")][-1][6:]))
+        results.append(json.loads([line for line in out.splitlines() if line.startswith("BENCH ")][-1][6:]))
     files = {r["precompute"][0]["cache_file"] for r in results}
     assert len(files) == 1
     concurrent = Dataset.from_file(files.pop())

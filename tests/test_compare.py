@@ -99,7 +99,8 @@ def test_make_compare_ranks_with_p_values_and_writes_table_and_figure(planted, c
 
 def test_make_target_passes_runs_eval_and_metrics():
     cmd = subprocess.run(["make", "-n", "compare", "RUNS=runs/a runs/b", "EVAL=recipes/eval/tiny.yaml",
-                          "METRICS=tiny:accuracy", "PYTHON=python3"], cwd=REPO, capture_output=True, text=True, check=False)
+                          "METRICS=tiny:accuracy", "PYTHON=python3"],
+                         cwd=REPO, capture_output=True, text=True, check=False)
     assert cmd.returncode == 0, cmd.stderr
     assert "scripts/compare.py runs/a runs/b --eval recipes/eval/tiny.yaml --metrics tiny:accuracy" in cmd.stdout
 

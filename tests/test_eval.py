@@ -54,7 +54,8 @@ def runs(tiny, tmp_path_factory):
         peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(sft),
                                     LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
                                                init_lora_weights=False))
-    _write_run(lora_dir, peft_model, tok, {"method": "dpo", "model_name_or_path": str(sft), "use_peft": True, **common})
+    _write_run(lora_dir, peft_model, tok,
+               {"method": "dpo", "model_name_or_path": str(sft), "use_peft": True, **common})
     assert (lora_dir / "adapter_config.json").is_file() and not (lora_dir / "model.safetensors").exists()
     return {"sft": sft, "aot": aot, "lora": lora_dir, "tiny": tiny}
 
@@ -160,7 +161,8 @@ def test_alpaca_eval_chain_with_local_judge_server(runs, tmp_path, monkeypatch):
     assert result["details"]["n_total"] == n
     per = read_samples(path)  # per instruction, beside the result: the mean is the win rate
     assert len(per) == n and {r["id"] for r in per} == {r["prompt"] for r in rows}
-    assert statistics.mean(r["alpaca_eval:program:win_rate"] for r in per) == pytest.approx(result["details"]["win_rate"])
+    per_prompt = statistics.mean(r["alpaca_eval:program:win_rate"] for r in per)
+    assert per_prompt == pytest.approx(result["details"]["win_rate"])
     assert result["scores"]["alpaca_eval:program:lc_win_rate"] is None
     assert "length-controlled" in result["details"]["lc_win_rate_error"]
     prov = result["provenance"]
@@ -217,7 +219,8 @@ def test_lm_eval_on_project_tasks_with_lora_adapter(runs, tmp_path):
     prompts = [r["prompt"] for r in rows]
     gen_acc = 100 * sum(judge(p, c) for p, c in zip(prompts, generate(lm, tok, prompts))) / n
     assert result["scores"]["tiny_gen"] == pytest.approx(gen_acc)
-    data = [json.loads(l) for l in (write_tiny_tasks(tmp_path / "check", rows) / "tiny_arith.jsonl").read_text().splitlines()]
+    task_file = write_tiny_tasks(tmp_path / "check", rows) / "tiny_arith.jsonl"
+    data = [json.loads(line) for line in task_file.read_text().splitlines()]
     mc = [max(range(3), key=lambda i: _choice_logp(lm, tok, d["prompt"], d["choices"][i])) == d["gold"] for d in data]
     assert result["scores"]["tiny_mc"] == pytest.approx(100 * sum(mc) / n)
     per = read_samples(next((results / "tiny-dpo_lora").glob("*.json")))  # lm-eval's log_samples, per document
@@ -299,7 +302,8 @@ def test_figure1_plots_the_diagnostics_quantiles(runs, tmp_path):
     plt.close(fig)
     saved = json.loads((tmp_path / "plots" / "fig1b.json").read_text())
     c = quantile_curves(stats["lora"]["policy_margins"], stats["lora"]["reference_margins"])
-    assert saved["lora"]["q_u"] == pytest.approx(c["q_u"].tolist()) and saved["lora"]["q_v"] == pytest.approx(c["q_v"].tolist())
+    assert saved["lora"]["q_u"] == pytest.approx(c["q_u"].tolist())
+    assert saved["lora"]["q_v"] == pytest.approx(c["q_v"].tolist())
     # LoRA run: the reference is the adapters disabled, i.e. the SFT model the adapter sits on.
     sft_only = stats["aot"]["reference_margins"]  # the full run's reference is the SFT model too
     assert torch.allclose(stats["lora"]["reference_margins"], sft_only)

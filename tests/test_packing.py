@@ -3,8 +3,8 @@
 import pytest
 import torch
 from datasets import load_dataset
-from torch.utils.data import DataLoader
 from peft import LoraConfig, get_peft_model
+from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference

@@ -65,8 +65,9 @@ def test_bad_spec_is_an_error_naming_the_key(tmp_path, monkeypatch, edit, messag
 
 
 def _result(method, seed, win, *, nll=1.0, config="a"):
-    run = {"method": method, "seed": seed, "nll_weight": nll, "base_model": "tiny", "dataset": "tiny", "batch_size": 64,
-           "sort": "hard" if method.startswith("aot") else None, "penalty": "logistic" if method.startswith("aot") else None,
+    aot = method.startswith("aot")
+    run = {"method": method, "seed": seed, "nll_weight": nll, "base_model": "tiny", "dataset": "tiny",
+           "batch_size": 64, "sort": "hard" if aot else None, "penalty": "logistic" if aot else None,
            "config_id": config, "name": f"{method}-{seed}", "recipe_path": "x"}
     return {"run": run, "scores": {"tiny:win_rate_vs_sft": win, "tiny:accuracy": win + 30}}
 
@@ -119,7 +120,7 @@ def test_quick_grid_end_to_end_and_resumes(tmp_path, monkeypatch):
     table1 = (results / "tables" / "tabletiny1.md").read_text()
     for label in ("| AOT paired | + NLL |", "| AOT unpaired | no NLL |", "| KTO | + NLL |", "| NLL control |",
                   "| SFT (start) |"):
-        line = next(l for l in table1.splitlines() if l.startswith(label))
+        line = next(line for line in table1.splitlines() if line.startswith(label))
         assert "(n=1)" in line, line  # every cell of the grid was trained and evaluated
     for png in ("fig2", "fig1-nll-a", "fig1-nll-b", "fig1-no_nll-a", "fig1-no_nll-b"):
         assert (results / "plots" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"

@@ -37,7 +37,8 @@ def _numbers(line: str) -> list[float]:
 
 def _result(results, name, method, sort, scores, seed=0, dataset="ultrafeedback", evaluation="paper"):
     run = RunInfo(path=f"runs/{name}", name=name, method=method, model="ibm/merlinite-7b", base_model="merlinite-7b",
-                  dataset=None if method == "base" else dataset, sort=sort, seed=seed, recipe_path=f"recipes/{name}.yaml")
+                  dataset=None if method == "base" else dataset, sort=sort, seed=seed,
+                  recipe_path=f"recipes/{name}.yaml")
     recipe = {"name": evaluation, "kind": "lm_eval", "_path": "paper", "_sha256": "paper"}
     save_result(run, recipe, scores, {"source": "paper"}, results_dir=results)
 
@@ -63,18 +64,18 @@ def paper_results(tmp_path):
         if sort == "hard":
             _result(results, f"merlinite-7b-{current}-hard", current, "hard", scores)
         else:  # the soft runs exist already: add their Llama3-70B judge result
-            _result(results, f"merlinite-7b-{current}", current, "soft", {"alpaca_eval:llama3-70b:lc_win_rate": values[0]},
-                    evaluation="paper-llama3-judge")
+            _result(results, f"merlinite-7b-{current}", current, "soft",
+                    {"alpaca_eval:llama3-70b:lc_win_rate": values[0]}, evaluation="paper-llama3-judge")
     return results
 
 
 def test_table1_reproduces_the_paper(paper_results, tmp_path):
     paths = render(1, paper_results, tmp_path / "tables")
     md = paths["md"].read_text().splitlines()
-    header = next(l for l in md if l.startswith("| Method"))
+    header = next(line for line in md if line.startswith("| Method"))
     assert _cells(header) == ["Method", "AlpacaEval GPT-4 (LC)", "ARC-Easy acc", "HellaSwag acc", "MMLU acc",
                               "TruthfulQA mc1+mc2 mean", "Winogrande acc", "GSM8K flexible-extract"]
-    body = [l for l in md if l.startswith("| ") and not l.startswith("| Method")]
+    body = [line for line in md if line.startswith("| ") and not line.startswith("| Method")]
     assert len(body) == 6
     for ours, paper in zip(body, PAPER_TABLE_1.splitlines()):
         assert _cells(ours)[0] == _cells(paper)[0]
@@ -87,12 +88,12 @@ def test_table1_reproduces_the_paper(paper_results, tmp_path):
 
 def test_table7_hard_vs_soft_sort(paper_results, tmp_path):
     md = render(7, paper_results, tmp_path / "tables")["md"].read_text().splitlines()
-    body = [l for l in md if l.startswith("| AOT")]
+    body = [line for line in md if line.startswith("| AOT")]
     expected = [[44.3, 82.5, 66.1, 62.9, 50.8, 74.4, 53.1], [43.8, 82.7, 66.2, 62.9, 50.7, 74.5, 53.9],
                 [48.4, 82.5, 66.2, 62.8, 51.1, 74.4, 51.8], [49.2, 82.5, 65.9, 62.8, 51.0, 74.4, 51.0]]
-    assert [_cells(l)[:2] for l in body] == [["AOT paired", "Soft"], ["AOT paired", "Hard"],
+    assert [_cells(line)[:2] for line in body] == [["AOT paired", "Soft"], ["AOT paired", "Hard"],
                                               ["AOT unpaired", "Soft"], ["AOT unpaired", "Hard"]]
-    assert [_numbers(l) for l in body] == expected
+    assert [_numbers(line) for line in body] == expected
 
 
 def test_missing_cells_are_dashes_and_seeds_give_mean_and_std(tmp_path):
@@ -102,13 +103,13 @@ def test_missing_cells_are_dashes_and_seeds_give_mean_and_std(tmp_path):
                 {"alpaca_eval:llama3-70b:lc_win_rate": value, "arc": 80.0 + seed}, seed=seed)
     assert len(load_results(results)) == 4
     md = render(10, results, tmp_path / "t")["md"].read_text()
-    row = next(l for l in md.splitlines() if l.startswith("| AOT unpaired"))
+    row = next(line for line in md.splitlines() if line.startswith("| AOT unpaired"))
     assert _cells(row)[1] == "33.0 ± 2.6 (n=4)"  # sample std of 30, 32, 34, 36
     assert _cells(row)[3] == "81.5 ± 1.3 (n=4)"
-    dpo = next(l for l in md.splitlines() if l.startswith("| DPO"))
+    dpo = next(line for line in md.splitlines() if line.startswith("| DPO"))
     assert _cells(dpo)[1:] == ["-"] * 8
     t2 = render(2, results, tmp_path / "t")["md"].read_text()  # other tables: the mean over seeds
-    assert _cells(next(l for l in t2.splitlines() if l.startswith("| AOT unpaired")))[1] == "33.0"
+    assert _cells(next(line for line in t2.splitlines() if line.startswith("| AOT unpaired")))[1] == "33.0"
     with pytest.raises(ValueError, match="TABLE='11'"):
         render("11", results, tmp_path / "t")
 

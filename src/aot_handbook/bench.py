@@ -74,7 +74,7 @@ def table(header: list[str], rows: list[list]) -> str:
 
 def machine() -> dict:
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         cpu = platform.processor()
     import transformers
@@ -89,9 +89,10 @@ def _child(args: list[str], env: dict | None = None, timeout: float = 1800) -> d
     """Run ``python -m aot_handbook.bench <args>`` in a fresh process; return its last JSON line."""
     proc = subprocess.run([sys.executable, "-m", "aot_handbook.bench", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **OFFLINE_ENV, **(env or {})})
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("BENCH ")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
     if proc.returncode or not lines:
-        raise RuntimeError(f"bench child {args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"bench child {args} failed ({proc.returncode}):\n"
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1][len("BENCH "):])
 
 
@@ -115,7 +116,8 @@ def tiny_paths() -> dict:
     paths = ensure_tiny_assets(ROOT / ".cache" / "tiny")
     sft = ROOT / "runs" / "tiny-sft"
     model = sft if (sft / "run.json").is_file() else paths["base_model"]
-    return {**{k: str(v) for k, v in paths.items()}, "model": str(model), "model_kind": "sft" if model == sft else "base"}
+    kind = "sft" if model == sft else "base"
+    return {**{k: str(v) for k, v in paths.items()}, "model": str(model), "model_kind": kind}
 
 
 # ---------------------------------------------------------------- 1. trainer throughput vs TRL
@@ -188,7 +190,8 @@ def _build_trainer(side: str, loss_type: str, steps: int, batch: int, seed: int,
         max_length = 32
     common = dict(output_dir=tempfile.mkdtemp(prefix="bench_", dir="/tmp"), max_steps=steps,
                   per_device_train_batch_size=batch, learning_rate=1e-4, lr_scheduler_type="constant", beta=0.1,
-                  max_length=max_length, seed=seed, data_seed=seed, bf16=False, use_cpu=True, gradient_checkpointing=False,
+                  max_length=max_length, seed=seed, data_seed=seed, bf16=False, use_cpu=True,
+                  gradient_checkpointing=False,
                   report_to="none", save_strategy="no", eval_strategy="no", logging_steps=steps,
                   dataloader_num_workers=0, precompute_ref_log_probs=False, disable_tqdm=True)
     if side in ("ours", "ours_two_rows"):
@@ -307,9 +310,11 @@ def bench_trainer(*, loss_types=("aot_paired", "aot_unpaired"), steps=20, batch=
                              "step1_loss": rs[0]["step1_loss"]}
             res["memory_ratio"] = res["ours"]["peak_rss_mb"]["median"] / res["trl"]["peak_rss_mb"]["median"]
             res["e2e_ratio"] = res["ours"]["samples_per_s"]["median"] / res["trl"]["samples_per_s"]["median"]
-            res["step1_loss_diff"] = max(res["step1_loss_diff"], abs(res["ours"]["step1_loss"] - res["trl"]["step1_loss"]))
+            diff = abs(res["ours"]["step1_loss"] - res["trl"]["step1_loss"])
+            res["step1_loss_diff"] = max(res["step1_loss_diff"], diff)
             # After step 1 the policy has moved away from the reference, so this compares real losses.
-            res["loss_diff_all_steps"] = max(abs(a - b) for a, b in zip(runs["ours"][0]["losses"], runs["trl"][0]["losses"]))
+            pairs = zip(runs["ours"][0]["losses"], runs["trl"][0]["losses"])
+            res["loss_diff_all_steps"] = max(abs(a - b) for a, b in pairs)
         out[loss_type] = res
     out["config"] = {"steps": steps, "batch": batch, "repeats": repeats, "warmup_steps": warmup,
                      "memory_steps": memory_steps, "seed": seed, "model": tiny_paths()["model_kind"],
@@ -332,7 +337,8 @@ def trainer_table(res: dict) -> str:
                     f"{r['memory_ratio']:.3f}"]
         else:
             row += ["n/a (--quick)"] * 4
-        rows.append(row + [f"{r['step1_loss_diff']:.1e}", f"{r['loss_diff_all_steps']:.1e}" if "loss_diff_all_steps" in r else "n/a"])
+        all_steps = f"{r['loss_diff_all_steps']:.1e}" if "loss_diff_all_steps" in r else "n/a"
+        rows.append(row + [f"{r['step1_loss_diff']:.1e}", all_steps])
     return table(["ours (AOTTrainer)", "TRL loss_type", "ours samples/s", "TRL samples/s",
                   "throughput ours/TRL, per-step pairs (>=1.0)", "ours with TRL's two rows/TRL", "tokens per batch",
                   "train() e2e ours/TRL", "ours peak RSS MB", "TRL peak RSS MB", "RSS ours/TRL (<=1.05)",
@@ -433,7 +439,8 @@ def bench_realistic(*, loss_type="aot_paired", steps=8, batch=4, warmup=2, memor
         for side in runs:
             runs[side]["rss_ratio"] = runs[side]["peak_rss_mb"] / runs["trl"]["peak_rss_mb"]
             runs[side]["loss_diff"] = max(abs(a - b) for a, b in zip(runs[side]["losses"], runs["trl"]["losses"]))
-            res["step1_loss_diff"] = max(res["step1_loss_diff"], abs(runs[side]["losses"][0] - runs["trl"]["losses"][0]))
+            diff = abs(runs[side]["losses"][0] - runs["trl"]["losses"][0])
+            res["step1_loss_diff"] = max(res["step1_loss_diff"], diff)
     res["config"] = {"loss_type": loss_type, "steps": steps, "warmup_steps": warmup, "batch": batch,
                      "memory_steps": memory_steps, "seed": seed, "model": REALISTIC_MODEL,
                      "lengths": REALISTIC_LENGTHS, "threads": torch.get_num_threads()}
@@ -456,7 +463,8 @@ def realistic_table(res: dict) -> str:
     if "trl_pad64" in runs:  # the control: no interleaved timing, only its losses and RSS
         r = runs["trl_pad64"]
         rows.append(["TRL, rows padded to a multiple of 64 (float-rounding control)", "n/a", "n/a", "n/a", "n/a",
-                     f"{r['peak_rss_mb']:.0f} ({r['rss_ratio']:.3f})", f"{r['losses'][0] - runs['trl']['losses'][0]:.1e}",
+                     f"{r['peak_rss_mb']:.0f} ({r['rss_ratio']:.3f})",
+                     f"{r['losses'][0] - runs['trl']['losses'][0]:.1e}",
                      f"{r['loss_diff']:.1e}"])
     return table(["side", "step s (median [min-max])", "TRL time / this side's, per step", "tokens per step",
                   "logits per step", "peak RSS MB (/ TRL)", "step-1 loss - TRL's", "max |loss diff| over train()"],
@@ -548,7 +556,8 @@ def sweep_runs(seeds=(0, 1), steps: int = 20, out_root: str = "/tmp/bench_probe/
         for method in SWEEP_METHODS:
             recipe = f"recipes/tiny/{'aot_paired' if method.startswith('aot') else method}.yaml"
             over = ["--seed", str(seed), "--max_steps", str(steps), "--summary", "false", "--logging_steps", "1",
-                    "--output_dir", f"{out_root}/{method}-s{seed}", "--overwrite_output_dir", "true"]  # a rerun retrains
+                    # a rerun retrains
+                    "--output_dir", f"{out_root}/{method}-s{seed}", "--overwrite_output_dir", "true"]
             if method == "aot_unpaired_paired_data":  # AOT unpaired on paired rows (AOTTrainer)
                 over = ["--method", "aot_unpaired", *over]
             runs.append((recipe, over))
@@ -569,11 +578,13 @@ def bench_cache(*, seeds=(0, 1), steps=20, repeats=2, root="/tmp/bench_probe/cac
             runs = []
             for i, (recipe, over) in enumerate(sweep_runs(seeds, steps, f"{root}/runs-{side}-{rep}")):
                 run_cache = cache / f"run{i}" if side == "own" else cache
-                runs.append(_child(["_sweep_run", recipe, json.dumps(over)], env={"HF_DATASETS_CACHE": str(run_cache)}))
+                runs.append(_child(["_sweep_run", recipe, json.dumps(over)],
+                                   env={"HF_DATASETS_CACHE": str(run_cache)}))
             results[side].append({"seconds": time.perf_counter() - t0, "runs": runs})
             shutil.rmtree(cache, ignore_errors=True)
     res = {side: {"sweep_s": summary([r["seconds"] for r in rs]),
-                  "precompute_s": summary([sum(p["seconds"] for run in r["runs"] for p in run["precompute"]) for r in rs]),
+                  "precompute_s": summary([sum(p["seconds"] for run in r["runs"] for p in run["precompute"])
+                                           for r in rs]),
                   "computed": [sum(not p["reused"] for run in r["runs"] for p in run["precompute"]) for r in rs],
                   "runs": rs[0]["runs"]}
            for side, rs in results.items()}
@@ -640,8 +651,8 @@ def bench_loss(*, sizes=(64, 256, 1024, 4096, 16384, 65536), sorts=("hard", "sof
             if sort == "soft":
                 # Sinkhorn keeps O(n_iter * n^2) for backward; measure it at small n and extrapolate.
                 small = min(n, 128)
-                est = _saved_bytes(lambda: aot_loss(torch.randn(small, requires_grad=True), torch.randn(small),
-                                                    sort="soft")) * (n / small) ** 2
+                est = _saved_bytes(lambda small=small: aot_loss(torch.randn(small, requires_grad=True),
+                                                                torch.randn(small), sort="soft")) * (n / small) ** 2
                 if est > SOFT_MEMORY_LIMIT:
                     out.setdefault(n, {})[sort] = {"skipped": f"autograd memory ~{est / 1024**3:.1f} GB > 2 GB"}
                     continue
@@ -782,19 +793,23 @@ def run(sections: list[str], quick: bool) -> dict:
                       f"{results['trainer']['config']['batch']})")
         if name == "realistic":
             if res["layouts"]:
-                print("\nwhere the time goes, per layout (policy log-probs forward and backward, reference forward):\n")
+                print("\nwhere the time goes, per layout "
+                      "(policy log-probs forward and backward, reference forward):\n")
                 print(layouts_table(res["layouts"]))
             c = res["config"]
-            print(f"\n(realistic shapes: a {c['model']['num_hidden_layers']}-layer Llama, hidden {c['model']['hidden_size']}, "
+            print(f"\n(realistic shapes: a {c['model']['num_hidden_layers']}-layer Llama, "
+                  f"hidden {c['model']['hidden_size']}, "
                   f"vocabulary {c['model']['vocab_size']}, SDPA, random weights; prompt and answer tokens log-normal "
                   f"(median, sigma) {c['lengths']['prompt']} and {c['lengths']['answer']}, max_length "
-                  f"{c['lengths']['max_length']}; {c['loss_type']}; batch {c['batch']}; {c['steps']} training steps per "
+                  f"{c['lengths']['max_length']}; {c['loss_type']}; batch {c['batch']}; "
+                  f"{c['steps']} training steps per "
                   f"side after {c['warmup_steps']} warm-up, interleaved step by step in one process; a separate "
                   f"reference model; {c['threads']} thread(s); RSS and losses: train() for {c['memory_steps']} steps, "
                   f"a fresh process per side)")
         if name == "trainer":
             c = res["config"]
-            print(f"\n(throughput: {c['steps']} training steps per side after {c['warmup_steps']} warm-up, interleaved "
+            print(f"\n(throughput: {c['steps']} training steps per side after {c['warmup_steps']} warm-up, "
+                  "interleaved "
                   f"step by step in one process, batch {c['batch']}, {c['model']} model, {c['reference']}, "
                   f"{c['threads']} thread(s); memory: {c['repeats']} fresh processes per side, interleaved, "
                   f"train() for {c['memory_steps']} steps)")

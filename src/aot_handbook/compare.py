@@ -158,7 +158,8 @@ def compare(runs: list[str], *, eval_name: str | None = None, metrics: list[str]
     pairs = k * (k - 1) // 2
     n_boot = max(n_boot, math.ceil(2 * pairs / alpha))   # the smallest p-value must pass Holm's first step
     out = Path(out_dir) if out_dir else Path(results_dir) / "compare" / ev
-    ranking = [["Metric", "Rank", "Run", "n", "Mean [95% CI]", "eps (one vs all) ± sd", "Significantly better than (p)"]]
+    ranking = [["Metric", "Rank", "Run", "n", "Mean [95% CI]", "eps (one vs all) ± sd",
+                "Significantly better than (p)"]]
     verdicts = [["Metric", "A", "", "B", "eps_A - eps_B", f"p ({correction})", "test"]]
     tests, figures = {}, {}
     for m, per_run in data.items():

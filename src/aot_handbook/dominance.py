@@ -423,7 +423,8 @@ def portfolio(metrics: dict[str, list], weights: dict[str, float] | None = None)
         per_model = [_as_scores(a, f"{n}[{i}]") for i, a in enumerate(metrics[n])]
         for i, a in enumerate(per_model):
             if a.size != logs[i].size:
-                raise ValueError(f"portfolio: metric {n!r} has {a.size} samples for model {i}, expected {logs[i].size}")
+                raise ValueError(f"portfolio: metric {n!r} has {a.size} samples for model {i}, "
+                                 f"expected {logs[i].size}")
         pooled = np.sort(np.concatenate(per_model))
         for i, a in enumerate(per_model):
             cdf = np.searchsorted(pooled, a, side="right") / pooled.size

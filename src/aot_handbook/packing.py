@@ -128,7 +128,8 @@ def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion
     first, copy = j < n_chosen[:, None], j == n_chosen[:, None]
     second = (j > n_chosen[:, None]) & (j < n_total[:, None])
     p_ = p[:, None]
-    src_row = torch.where(first, torch.arange(b, device=device)[:, None], torch.arange(b, rows, device=device)[:, None])
+    chosen_rows, rejected_rows = torch.arange(b, device=device)[:, None], torch.arange(b, rows, device=device)[:, None]
+    src_row = torch.where(first, chosen_rows, rejected_rows)
     src_col = torch.where(first, j, torch.where(copy, p_ - 1, p_ + j - n_chosen[:, None] - 1))
     src_col = torch.where(first | copy | second, src_col, 0)
     tokens = input_ids[src_row, src_col]

@@ -166,7 +166,8 @@ def evaluate_sft(grid: Grid) -> None:
     from .evaluation.common import RunInfo
     from .evaluation.pipeline import evaluate
 
-    references = {RunInfo.from_path(r.output_dir).reference for r in grid.runs if Path(r.output_dir, "run.json").is_file()}
+    finished = [r for r in grid.runs if Path(r.output_dir, "run.json").is_file()]
+    references = {RunInfo.from_path(r.output_dir).reference for r in finished}
     for ref in sorted(r for r in references if r and Path(r, "run.json").is_file()):
         if not _fresh(_result_path(grid, ref), ref):
             evaluate(ref, grid.evaluation, results_dir=grid.results_dir)
@@ -270,8 +271,9 @@ def claims_report(results: list[dict], out: Path, *, alpha: float = 0.05, seed: 
                 continue
             common = sorted(set.intersection(*(set(v) for v in scores.values())))
             try:
+                n_boot = max(1000, math.ceil(len(wanted) * (len(wanted) - 1) / alpha))
                 res = relative_test({k: [v[i] for i in common] for k, v in scores.items()}, alpha=alpha,
-                                    paired=True, seed=seed, n_boot=max(1000, math.ceil(len(wanted) * (len(wanted) - 1) / alpha)))
+                                    paired=True, seed=seed, n_boot=n_boot)
             except ValueError as exc:
                 lines += [f"- {nll}: not tested ({exc})", ""]
                 continue

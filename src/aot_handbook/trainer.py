@@ -23,8 +23,8 @@ import math
 
 import torch
 import torch.distributed as dist
-from datasets.fingerprint import Hasher
 from accelerate.utils import is_peft_model
+from datasets.fingerprint import Hasher
 from torch.utils.data import Sampler
 from trl import DPOTrainer, KTOTrainer
 from trl.models.utils import disable_gradient_checkpointing
@@ -279,8 +279,8 @@ class _AOTObjective:
             # Unpaired rows: positive i and negative i were drawn independently, so pairwise accuracies or
             # margins would mean nothing. Per side instead: the gap between the quantiles of the positive and
             # the negative rewards (what AOT's dominance is about; > 0 where positives lead).
-            levels = torch.tensor([0.25, 0.5, 0.75], dtype=chosen_r.dtype, device=chosen_r.device)
-            gaps = torch.quantile(chosen_r.float(), levels.float()) - torch.quantile(rejected_r.float(), levels.float())
+            levels = torch.tensor([0.25, 0.5, 0.75], device=chosen_r.device)
+            gaps = torch.quantile(chosen_r.float(), levels) - torch.quantile(rejected_r.float(), levels)
             for level, gap in zip((25, 50, 75), gaps.tolist()):
                 self._metrics[mode][f"rewards/quantile_gap_q{level}"].append(gap)
 
@@ -332,7 +332,8 @@ class AOTTrainer(_AOTObjective, SharedRefCache, DPOTrainer):
         return chosen, rejected, per_token_logps, outputs
 
     def _two_row_logps(self, model, inputs):
-        """(chosen, rejected) summed log-probs, per-token log-probs and the model output, in TRL's two rows per pair."""
+        """(chosen, rejected) summed log-probs, per-token log-probs and the model output, in TRL's two rows
+        per pair."""
         model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
         per_token_logps, outputs = completion_logps(model, self._backbone(model), labels, **model_kwargs)
@@ -355,7 +356,8 @@ class AOTTrainer(_AOTObjective, SharedRefCache, DPOTrainer):
             chosen_token_logps, chosen_token_mask = per_token_logps, packed.chosen_mask
         else:  # TRL's layout: rows [chosen..., rejected...]
             chosen_logps, rejected_logps, per_token_logps, outputs = self._two_row_logps(model, inputs)
-            chosen_token_logps, chosen_token_mask = per_token_logps.chunk(2)[0], inputs["completion_mask"][:, 1:].chunk(2)[0]
+            chosen_token_logps = per_token_logps.chunk(2)[0]
+            chosen_token_mask = inputs["completion_mask"][:, 1:].chunk(2)[0]
 
         if self.precompute_ref_logps:
             ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
