@@ -27,7 +27,7 @@ VALIDATE ?= recipes
 PYTEST_ARGS ?=
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: help setup test train validate-recipes sweep generate-recipes eval table plot bench reproduce-tiny
+.PHONY: help setup test train validate-recipes sweep generate-recipes eval table plot bench reproduce-tiny pairs
 
 help:
 	@echo "make test | make train [RECIPE=recipes/...yaml] [ARGS='--key value ...']"
@@ -37,6 +37,7 @@ help:
 	@echo "make eval [RUN=runs/...] [EVAL=recipes/eval/...yaml] | make table [TABLE=1..10|tiny] | make plot [RUN='runs/a runs/b']"
 	@echo "make reproduce-tiny [QUICK=1]   (the paper's claims on the tiny task: docs/REPRODUCTION.md; resumable)"
 	@echo "make bench [QUICK=1]    (BENCHMARKS.md: ours vs TRL, the reference cache, the loss's scaling, generation)"
+	@echo "make pairs [RECIPE=recipes/tiny/pairs.yaml] [ARGS=...]   (on-policy preference data: sample, score, pair; rounds)"
 
 $(STAMP): setup.cfg pyproject.toml
 	@mkdir -p .cache
@@ -97,3 +98,9 @@ bench: $(STAMP)
 # Resumable: finished runs and evaluations are skipped. QUICK=1: one seed, 3 steps a run (smoke test).
 reproduce-tiny: $(STAMP)
 	$(OFFLINE) "$(PY)" scripts/reproduce_tiny.py $(if $(QUICK),--quick) $(ARGS)
+
+# On-policy preference data (aot_handbook.pairs): sample k answers per prompt, score them, write paired and
+# unpaired data; resumable. RECIPE defaults to the tiny one here (RECIPE's global default is a training recipe).
+PAIRS_RECIPE = $(if $(filter command line environment,$(origin RECIPE)),$(RECIPE),recipes/tiny/pairs.yaml)
+pairs: $(STAMP)
+	$(if $(findstring tiny,$(PAIRS_RECIPE)),$(OFFLINE)) "$(PY)" scripts/pairs.py $(PAIRS_RECIPE) $(ARGS)
