@@ -71,6 +71,7 @@ class PairsConfig:
     pair_margin: float = 0.0
     label_threshold: float | str | None = "median"  # a number, "median" (the prompt's own), or null (no unpaired file)
     tiny_assets: str | None = None  # build the offline tiny assets here first
+    requires: list | None = None  # training recipes whose runs must exist first (trained if missing), e.g. the SFT
     rounds: int = 0  # > 0: alternate this stage and train_recipe that many times
     train_recipe: str | None = None
     train_overrides: list | None = None  # extra --key value overrides for every round's training
@@ -453,6 +454,21 @@ def run_rounds(cfg: PairsConfig, *, recipe_path: str | None = None, overrides: l
 
 def main(recipe_path: str, overrides: list[str] | None = None):
     cfg = parse_pairs_recipe(recipe_path, overrides)
+    if cfg.requires:
+        if cfg.tiny_assets:
+            from .tiny import ensure_tiny_assets
+
+            ensure_tiny_assets(cfg.tiny_assets)
+        load_prompts(cfg)  # a bad prompt file fails before the required runs are trained
+        from .configs import parse_recipe
+        from .run import is_complete, recipe_errors, train
+
+        for required in cfg.requires:
+            with recipe_errors():
+                needed = parse_recipe(str(required))
+            if not is_complete(needed.training.output_dir):
+                print(f"[aot-handbook] {recipe_path} requires {required}: training it first")
+                train(str(required))
     if cfg.rounds:
         return run_rounds(cfg, recipe_path=recipe_path, overrides=overrides)
     return build_pairs(cfg, recipe_path=recipe_path, overrides=overrides)
