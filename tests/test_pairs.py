@@ -175,6 +175,36 @@ def test_killed_run_resumes_without_duplicating_or_losing_rows(tiny, tmp_path, m
         _run(tmp_path / "b", tiny, limit=20, temperature=0.7)  # never mixes two samplings in one folder
 
 
+def test_sigkilled_process_resumes(tiny, tmp_path):
+    """scripts/pairs.py killed for real (SIGKILL, in the middle of its batches), then run again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    keys = {"limit": 300, "batch_size": 1, "num_samples": 2}
+    path = _recipe(tmp_path / "killed", tiny, **keys)
+    samples = tmp_path / "killed" / "out" / "samples.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "pairs.py"), str(path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (samples.is_file() and samples.read_text().count("\n") >= 3) and time.time() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    written = samples.read_text().count("\n")
+    assert 3 <= written < 300 and not (samples.parent / "provenance.json").exists()
+    resumed = _run(tmp_path / "killed", tiny, **keys)
+    whole = _run(tmp_path / "whole", tiny, **keys)
+    assert (resumed / "samples.jsonl").read_text() == (whole / "samples.jsonl").read_text()
+    assert [r["index"] for r in _samples(resumed)] == list(range(300))
+    assert (resumed / "paired.jsonl").read_bytes() == (whole / "paired.jsonl").read_bytes()
+
+
 def test_pairs_and_labels_from_scores():
     rows = [{"prompt": "p", "completions": ["a", "b", "a", "c", "d"], "scores": [3.0, 1.0, 3.0, None, 2.0]},
             {"prompt": "q", "completions": ["x", "y"], "scores": [1.0, 1.0]}]
