@@ -29,7 +29,7 @@ VALIDATE ?= recipes
 PYTEST_ARGS ?=
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: help setup lint test train validate-recipes sweep generate-recipes eval table plot bench reproduce-tiny gpu-check compare
+.PHONY: help setup lint test train validate-recipes sweep generate-recipes eval table plot bench reproduce-tiny gpu-check compare pairs
 
 help:
 	@echo "make test | make lint | make train [RECIPE=recipes/...yaml] [ARGS='--key value ...']"
@@ -42,6 +42,7 @@ help:
 	@echo "make compare RUNS='runs/a runs/b ...' [EVAL=recipes/eval/...yaml] [METRICS='m1 m2']   (ranking with p-values)"
 	@echo "make reproduce-tiny [QUICK=1]   (the paper's claims on the tiny task: docs/REPRODUCTION.md; resumable)"
 	@echo "make bench [QUICK=1]    (BENCHMARKS.md: ours vs TRL, the reference cache, the loss's scaling, generation)"
+	@echo "make pairs [RECIPE=recipes/tiny/pairs.yaml] [ARGS=...]   (on-policy preference data: sample, score, pair; rounds)"
 
 $(STAMP): setup.cfg pyproject.toml
 	@mkdir -p .cache
@@ -116,3 +117,10 @@ reproduce-tiny: $(STAMP)
 # under 10 minutes on one GPU. Without a GPU it prints "no GPU: skipped" and exits 0.
 gpu-check: $(STAMP)
 	$(OFFLINE) "$(PY)" scripts/gpu_check.py $(ARGS)
+
+
+# On-policy preference data (aot_handbook.pairs): sample k answers per prompt, score them, write paired and
+# unpaired data; resumable. RECIPE defaults to the tiny one here (RECIPE's global default is a training recipe).
+PAIRS_RECIPE = $(if $(filter command line environment,$(origin RECIPE)),$(RECIPE),recipes/tiny/pairs.yaml)
+pairs: $(STAMP)
+	$(if $(findstring tiny,$(PAIRS_RECIPE)),$(OFFLINE)) "$(PY)" scripts/pairs.py $(PAIRS_RECIPE) $(ARGS)

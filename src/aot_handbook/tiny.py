@@ -267,3 +267,26 @@ def on_policy_pairs(model, tokenizer, rows: list[dict], *, k: int = 4, seed: int
             for i, text in zip(todo, samples):
                 wrong[i] = None if judge(prompts[i], text) else text.strip()
     return [{**r, "rejected": w if w is not None else r["rejected"]} for r, w in zip(rows, wrong)]
+
+
+def main(argv=None):
+    """``python -m aot_handbook.tiny RUN [--split val_prompts]``: greedy task accuracy of a run folder (full
+    weights or a LoRA adapter) on one held-out split; choose settings on ``val_prompts``, report ``eval_prompts``."""
+    import argparse
+
+    from .evaluation.common import RunInfo
+    from .evaluation.generation import load_model_and_tokenizer
+
+    p = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    p.add_argument("run")
+    p.add_argument("--split", default="val_prompts", choices=["val_prompts", "eval_prompts"])
+    p.add_argument("--assets", default=".cache/tiny")
+    args = p.parse_args(argv)
+    info = RunInfo.from_path(args.run)
+    model, tokenizer = load_model_and_tokenizer(info.model, info.adapter, dtype="float32")
+    result = task_accuracy(model, tokenizer, read_jsonl(ensure_tiny_assets(args.assets)[args.split]))
+    print(json.dumps({"run": args.run, "split": args.split, **result}))
+
+
+if __name__ == "__main__":
+    main()

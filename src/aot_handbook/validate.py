@@ -508,6 +508,8 @@ def kind_of(path: str | Path) -> str:
     try:
         if "sweeps" in (yaml.safe_load(path.read_text()) or {}):
             return "reproduce"
+        if "scorer" in (yaml.safe_load(path.read_text()) or {}):
+            return "pairs"  # a `make pairs` recipe (aot_handbook.pairs)
     except (OSError, yaml.YAMLError, TypeError):
         pass
     return "recipe"
@@ -538,6 +540,13 @@ def validate_file(path: str | Path, launchers: list | tuple = ()) -> str:
         try:
             load(str(path), check=True)
         except SweepError as err:
+            raise ValidationError(str(err)) from None
+    elif kind == "pairs":
+        from .pairs import parse_pairs_recipe
+
+        try:
+            parse_pairs_recipe(str(path))
+        except (ValueError, FileNotFoundError) as err:
             raise ValidationError(str(err)) from None
     elif kind == "sweep":
         try:

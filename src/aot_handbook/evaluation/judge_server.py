@@ -39,11 +39,25 @@ def program_preference(prompt: str) -> dict[str, float]:
     return {"m": 1.0, "M": 0.0} if ok["m"] else {"m": 0.0, "M": 1.0}
 
 
+_RATING = re.compile(r"### Instruction\n(.*?)\n\n### Response\n(.*?)\n\n### Rating", re.S)
+
+
+def program_rating(prompt: str) -> str | None:
+    """A 1-10 rating prompt (``aot_handbook.scorers.JUDGE_TEMPLATE``): "10" for a right answer, "1" for a
+    wrong one; None for any other prompt."""
+    match = _RATING.search(prompt)
+    return None if match is None else ("10" if tiny_judge(match.group(1), match.group(2)) else "1")
+
+
 def _logprob(p: float) -> float:
     return math.log(p) if p > 0 else -100.0
 
 
 def _choice_payload(prompt: str, chat: bool) -> dict:
+    rating = program_rating(prompt)
+    if rating is not None:  # pointwise rating (on-policy data), plain text
+        return {"index": 0, "finish_reason": "stop", **({"message": {"role": "assistant", "content": rating}}
+                                                        if chat else {"text": rating})}
     probs = program_preference(prompt)
     best = max(probs, key=probs.get)
     top = [{"token": t, "logprob": _logprob(p), "bytes": list(t.encode())} for t, p in probs.items()]
