@@ -15,5 +15,5 @@ if __name__ == "__main__":
         sys.exit(__doc__)
     try:
         main(sys.argv[1], sys.argv[2:])
-    except (ValueError, FileNotFoundError) as err:  # a bad recipe, override, file, column or key: the message says which
+    except (ValueError, FileNotFoundError) as err:  # a bad recipe, override, file, column or key: the message names it
         sys.exit(f"error: {err}")

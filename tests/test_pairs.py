@@ -229,7 +229,8 @@ def test_pairs_and_labels_from_scores():
     ({"temperatur": 0.7}, [], r"unknown key\(s\) \['temperatur'\]"),
     ({}, ["--top_k", "5"], r"unknown command-line override\(s\) \['top_k'\]"),
     ({"num_samples": "4"}, [], r"key 'num_samples' expects"),
-    ({"scorer": "reward_model", "reward_model": "./no/such/rm"}, [], r"key 'reward_model': no such folder: ./no/such/rm"),
+    ({"scorer": "reward_model", "reward_model": "./no/such/rm"}, [],
+     r"key 'reward_model': no such folder: ./no/such/rm"),
     ({"scorer": "reward_model"}, [], r"needs key 'reward_model'"),
     ({"prompt_column": "question"}, [], (r"paired_train.jsonl: column 'question' \(key 'prompt_column'\) not found; "
                                          r"columns present: \['category', 'chosen', 'prompt', 'rejected'\]")),

@@ -26,7 +26,8 @@ def assets(tmp_path_factory):
 def loaded(assets):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(assets["base_model"]), AutoTokenizer.from_pretrained(assets["tokenizer"])
+    model = AutoModelForCausalLM.from_pretrained(assets["base_model"])
+    return model, AutoTokenizer.from_pretrained(assets["tokenizer"])
 
 
 def _weights(path):
@@ -128,7 +129,8 @@ def test_pairs_and_sft_data_carry_the_planted_flaw(assets):
     wrong = sum(r["completion"] == tiny.flawed(r["prompt"]) for r in carry) / len(carry)
     assert abs(wrong - tiny.FLAW_RATE) < 0.03
     for r in read_jsonl(assets["eval_prompts"]):
-        assert judge(r["prompt"], r["answer"]) and r["category"] == ("carry" if tiny.has_carry(r["prompt"]) else "no_carry")
+        category = "carry" if tiny.has_carry(r["prompt"]) else "no_carry"
+        assert judge(r["prompt"], r["answer"]) and r["category"] == category
 
 
 @pytest.mark.parametrize("completion, ok", [("085", True), (" 085", True), ("085<eos>", True), ("085\n", True),

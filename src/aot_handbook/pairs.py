@@ -110,7 +110,10 @@ def parse_pairs_recipe(path: str, overrides: list[str] | None = None) -> PairsCo
     merged = {**raw, **given}
     _check_types([PairsConfig], merged, path)
     cfg = PairsConfig(**merged)
-    bad = lambda key, why: ValueError(f"{path}: key '{key}' {why}")
+
+    def bad(key, why):
+        return ValueError(f"{path}: key '{key}' {why}")
+
     for key in ("model", "prompts", "output_dir", "scorer"):
         if not getattr(cfg, key):
             raise bad(key, "is required")

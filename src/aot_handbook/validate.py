@@ -163,7 +163,8 @@ def validate_recipe(path: str | Path, _seen: frozenset = frozenset(), launchers:
     args = recipe.training
     if recipe.method.startswith("aot"):
         if args.aot_penalty not in PENALTIES:
-            raise _fail(path, "aot_penalty", f"unknown penalty {args.aot_penalty!r}; expected one of {list(PENALTIES)}")
+            raise _fail(path, "aot_penalty",
+                        f"unknown penalty {args.aot_penalty!r}; expected one of {list(PENALTIES)}")
         if args.aot_sort not in SORTS:
             raise _fail(path, "aot_sort", f"unknown sort {args.aot_sort!r}; expected one of {list(SORTS)}")
     mixture = recipe.recipe.dataset_mixture
@@ -205,7 +206,8 @@ def validate_recipe(path: str | Path, _seen: frozenset = frozenset(), launchers:
             family = model_family(name, recipe)
             if family not in LORA_MODULES:
                 raise _fail(path, "model_name_or_path", f"cannot check lora_target_modules: unknown architecture "
-                            f"family {family!r} of {name!r}; add it to aot_handbook.validate.MODEL_FAMILIES / LORA_MODULES")
+                            f"family {family!r} of {name!r}; "
+                            "add it to aot_handbook.validate.MODEL_FAMILIES / LORA_MODULES")
             bad = [t for t in targets if t not in LORA_MODULES[family]]
             if bad:
                 raise _fail(path, "lora_target_modules", f"{bad} are not modules of a {family} model "
@@ -494,8 +496,9 @@ def _near(name: str, registry: dict) -> str:
 
 
 def kind_of(path: str | Path) -> str:
-    """'accelerate', 'sweep', 'reproduce' (a make reproduce-tiny spec), 'recipe', or 'eval' (evaluation recipes under an `eval` folder: not training
-    recipes; checked with the evaluation package's own loader when it is there)."""
+    """'accelerate', 'sweep', 'reproduce' (a make reproduce-tiny spec), 'pairs' (a make pairs recipe), 'recipe',
+    or 'eval' (evaluation recipes under an `eval` folder: not training recipes; checked with the evaluation
+    package's own loader when it is there)."""
     from .sweep import is_sweep_file
 
     path = Path(path)
