@@ -453,3 +453,16 @@ def test_data_errors_name_the_file_of_the_split_at_fault(tmp_path):
     with pytest.raises(ValueError, match=r"\(.*train\.jsonl\), split 'train': column 'rejected' missing") as err:
         load(spec)
     assert "test.jsonl" not in str(err.value)
+
+
+def test_an_empty_data_file_is_named(tmp_path):
+    """An empty JSONL file (e.g. a data stage that made no pairs) is an error naming the file and split, not
+    the StopIteration that datasets raises on it."""
+    from aot_handbook.data import DatasetMixture
+
+    empty = tmp_path / "paired.jsonl"
+    empty.write_text("")
+    m = DatasetMixture.from_dict({"datasets": [{"data_files": {"train": str(empty)}, "test_split": None}]},
+                                 source="r.yaml")
+    with pytest.raises(ValueError, match=r"split 'train': the data file\(s\) \[.*paired.jsonl'\] are empty"):
+        load_mixture(m, target="paired")

@@ -320,3 +320,33 @@ def test_make_validate_recipes_checks_pairs_recipes(tmp_path):
     bad.write_text((REPO / "recipes" / "tiny" / "pairs.yaml").read_text().replace("num_samples: 8", "num_samples: 1"))
     with pytest.raises(ValidationError, match=r"pairs.yaml: key 'num_samples' must be >= 2"):
         validate_file(bad)
+
+
+def test_a_training_recipe_that_requires_a_pairs_recipe_builds_its_data_first(tiny, tmp_path, monkeypatch,
+                                                                               reward_model):
+    """recipes/tiny/onpolicy/*.yaml train on runs/tiny-pairs, which recipes/tiny/pairs.yaml writes: listed in
+    `requires`, the data is built first when missing (and only then), and validation accepts the recipe before
+    the data exists (its folder is pending), while a data file nobody writes is still an error."""
+    from aot_handbook.run import train
+    from aot_handbook.validate import ValidationError, validate_recipe
+
+    _tiny_workdir(tmp_path, tiny, monkeypatch)
+    pairs = Path("recipes/tiny/pairs.yaml")
+    # a reward model scores the untrained model's answers apart (the program judge would find them all wrong)
+    pairs.write_text(pairs.read_text().replace("scorer: tiny_judge", "scorer: reward_model")
+                     + f"limit: 16\nreward_model: {reward_model[0]}\n")
+    validate_recipe("recipes/tiny/onpolicy/aot_paired.yaml")  # runs/tiny-pairs does not exist yet
+    assert not Path("runs/tiny-pairs").exists()
+    short = ["--max_steps", "2", "--summary", "false", "--per_device_train_batch_size", "8", "--logging_steps", "1"]
+    run = train("recipes/tiny/onpolicy/aot_paired.yaml", short)
+    provenance = Path("runs/tiny-pairs/provenance.json")
+    assert provenance.is_file() and is_complete(run) and len(_losses(run)) == 2
+    built = provenance.stat().st_mtime_ns
+    train("recipes/tiny/onpolicy/dpo.yaml", short)
+    assert provenance.stat().st_mtime_ns == built  # the data is there: not built again
+
+    orphan = Path("recipes/tiny/onpolicy/orphan.yaml")
+    orphan.write_text(Path("recipes/tiny/onpolicy/aot_paired.yaml").read_text()
+                      .replace("runs/tiny-pairs/paired.jsonl", "runs/nobody/paired.jsonl"))
+    with pytest.raises(ValidationError, match=r"data_files\.train' has no such file: 'runs/nobody/paired.jsonl'"):
+        validate_recipe(str(orphan))

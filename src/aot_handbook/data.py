@@ -91,7 +91,10 @@ class DatasetSpec:
         return self.path or _as_list(next(iter(self.data_files.values())))[0]
 
     @classmethod
-    def from_dict(cls, d: dict, *, source: str, where: str = "dataset_mixture.datasets[0]") -> DatasetSpec:
+    def from_dict(cls, d: dict, *, source: str, where: str = "dataset_mixture.datasets[0]",
+                  pending: tuple[Path, ...] = ()) -> DatasetSpec:
+        """``pending``: folders a required stage writes before this data is read (e.g. a ``make pairs`` recipe in
+        ``requires``): files inside them need not exist yet."""
         opt = lambda t: (t, NONE)  # noqa: E731
         types = {"path": opt(str), "name": opt(str), "revision": opt(str), "data_files": opt(dict),
                  "train_split": str, "test_split": opt(str), "weight": (int, float), "columns": opt(dict),
@@ -108,7 +111,8 @@ class DatasetSpec:
             for f in _as_list(files) if spec.path is None else []:  # with a path, files live in that repo
                 if Path(f).suffix.lower() not in BUILDERS:
                     raise bad(f".data_files.{split}", f"has an unknown file extension: '{f}' ({sorted(BUILDERS)})")
-                if not glob.glob(f):
+                later = any(folder in Path(f).resolve().parents for folder in pending)
+                if not glob.glob(f) and not later:
                     raise bad(f".data_files.{split}", f"has no such file: '{f}'")
         if spec.path is None and len({BUILDERS[Path(f).suffix.lower()] for f in _spec_files(spec)}) > 1:
             raise bad(".data_files", "mixes file formats; use one dataset entry per format")
@@ -173,12 +177,12 @@ class DatasetMixture:
     seed: int = 0
 
     @classmethod
-    def from_dict(cls, d: dict, *, source: str) -> DatasetMixture:
+    def from_dict(cls, d: dict, *, source: str, pending: tuple[Path, ...] = ()) -> DatasetMixture:
         types = {"datasets": list, "unpair": bool, "drop_empty": bool, "seed": int}
         d = _check_keys(d, "dataset_mixture", source, types)
         if not d.get("datasets"):
             raise ValueError(f"{source}: 'dataset_mixture.datasets' must list at least one dataset")
-        specs = [DatasetSpec.from_dict(s, source=source, where=f"dataset_mixture.datasets[{i}]")
+        specs = [DatasetSpec.from_dict(s, source=source, where=f"dataset_mixture.datasets[{i}]", pending=pending)
                  for i, s in enumerate(d["datasets"])]
         return cls(**{**d, "datasets": specs})
 
@@ -202,6 +206,9 @@ def _load_split(spec: DatasetSpec, split: str, where: str) -> datasets.Dataset:
         kwargs = {}
         if builder == "csv":  # text stays text: '007' or '42' must not become a number
             kwargs["converters"] = {theirs: str for theirs in _their_text_columns(spec)}
+        files = [f for pattern in _as_list(spec.data_files[split]) for f in sorted(glob.glob(pattern))]
+        if files and all(Path(f).stat().st_size == 0 for f in files):  # datasets would fail with StopIteration
+            raise ValueError(f"{where}: split '{split}': the data file(s) {files} are empty (no rows)")
         try:
             return datasets.load_dataset(builder, data_files={split: spec.data_files[split]}, split=split, **kwargs)
         except Exception as err:

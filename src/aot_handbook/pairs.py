@@ -193,24 +193,24 @@ class HFSampler:
     backend = "hf"
 
     def __init__(self, model: str, adapter: str | None, dtype: str):
-        from .evaluation.generation import build_prompts, load_model_and_tokenizer
+        from .evaluation.generation import load_model_and_tokenizer
 
         self.lm, self.tokenizer = load_model_and_tokenizer(model, adapter, dtype=dtype)
-        self.build_prompts = build_prompts
-        self.templated = bool(getattr(self.tokenizer, "chat_template", None))
 
     @torch.no_grad()
     def sample(self, prompts: list[str], *, k: int, temperature: float, top_p: float, max_new_tokens: int,
                seed: int) -> list[list[str]]:
-        self.tokenizer.padding_side = "left"
-        enc = self.tokenizer(self.build_prompts(self.tokenizer, prompts), return_tensors="pt", padding=True,
-                             add_special_tokens=not self.templated).to(self.lm.device)
+        from .evaluation.generation import build_prompt_ids, hf_inputs, stop_token_ids
+
+        # the prompt ids evaluation builds too (chat template, no second BOS); stops at the end-of-turn token
+        enc = hf_inputs(self.tokenizer, build_prompt_ids(self.tokenizer, prompts)).to(self.lm.device)
+        stops = stop_token_ids(self.tokenizer, self.lm.generation_config.eos_token_id)
         with torch.random.fork_rng(devices=[self.lm.device] if self.lm.device.type == "cuda" else []):
             torch.manual_seed(seed)
             # top_k=0: temperature and top-p only (transformers' default would add top-k 50)
             gen = self.lm.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
                                    num_return_sequences=k, max_new_tokens=max_new_tokens,
-                                   pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+                                   pad_token_id=self.tokenizer.pad_token_id, eos_token_id=stops)
         texts = self.tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
 
@@ -223,18 +223,20 @@ class VLLMSampler:
     def __init__(self, model: str, adapter: str | None, dtype: str):
         from vllm import LLM
 
-        from .evaluation.generation import build_prompts
-
         self.llm = LLM(model=model, tokenizer=adapter or model, dtype=dtype, enable_lora=bool(adapter))
-        self.adapter, self.build_prompts = adapter, build_prompts
+        self.adapter = adapter
 
     def sample(self, prompts, *, k, temperature, top_p, max_new_tokens, seed):
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
-        params = SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
+        from .evaluation.generation import build_prompt_ids, vllm_inputs
+
+        tokenizer = self.llm.get_tokenizer()
+        inputs, params = vllm_inputs(tokenizer, build_prompt_ids(tokenizer, prompts), max_new_tokens=max_new_tokens,
+                                     do_sample=True, temperature=temperature, top_p=top_p)
         lora = LoRARequest("adapter", 1, self.adapter) if self.adapter else None
-        outs = self.llm.generate(self.build_prompts(self.llm.get_tokenizer(), prompts), params, lora_request=lora)
+        outs = self.llm.generate(inputs, SamplingParams(n=k, seed=seed, **params), lora_request=lora)
         return [[o.text for o in out.outputs] for out in outs]
 
 
@@ -453,6 +455,16 @@ def run_rounds(cfg: PairsConfig, *, recipe_path: str | None = None, overrides: l
         print(f"[aot-handbook] round {res['round']}: {res['counts']}"
               + (f", held-out task accuracy after training {acc:.3f}" if acc is not None else ""))
     return results
+
+
+def pairs_output(recipe_path: str) -> Path | None:
+    """The output folder of a ``make pairs`` recipe (None: not a pairs recipe), for a training recipe that
+    ``requires`` it: the data is built first when ``provenance.json`` (written last) is missing there."""
+    from .validate import kind_of
+
+    if kind_of(recipe_path) != "pairs":
+        return None
+    return Path(parse_pairs_recipe(recipe_path).output_dir)
 
 
 def main(recipe_path: str, overrides: list[str] | None = None):

@@ -260,7 +260,12 @@ def check_paths(recipe: Recipe) -> None:
     """Before anything loads: the model path names a model, and output_dir would overwrite no input
     (the model, the tokenizer, a ``requires`` run)."""
     out = Path(recipe.training.output_dir).resolve()
-    required = {Path(parse_recipe(r).training.output_dir).resolve(): r for r in recipe.recipe.requires or []}
+    from .pairs import pairs_output
+
+    required = {}
+    for r in recipe.recipe.requires or []:
+        data_dir = pairs_output(r)  # a make pairs recipe: its output folder is an input too
+        required[(data_dir or Path(parse_recipe(r).training.output_dir)).resolve()] = r
     assets = Path(recipe.recipe.tiny_assets).resolve() if recipe.recipe.tiny_assets else None
     inputs = {"model_name_or_path": recipe.model.model_name_or_path,
               "tokenizer_name_or_path": recipe.recipe.tokenizer_name_or_path}
@@ -325,6 +330,17 @@ def train(recipe_path: str, overrides: list[str] | None = None) -> Path:
         with recipe.training.main_process_first(desc="tiny assets"):
             ensure_tiny_assets(recipe.recipe.tiny_assets)
     for required in recipe.recipe.requires or []:
+        from .pairs import main as build_data
+        from .pairs import pairs_output
+
+        with recipe_errors():
+            data_dir = pairs_output(required)
+        if data_dir is not None:  # a make pairs recipe: the data this recipe trains on
+            if not (data_dir / "provenance.json").is_file():
+                _say(f"[aot-handbook] {recipe_path} requires {required}: building its data first")
+                with recipe.training.main_process_first(desc="pairs"):
+                    build_data(required)
+            continue
         with recipe_errors():
             needed = parse_recipe(required)
         if not is_complete(needed.training.output_dir):

@@ -180,7 +180,11 @@ def validate_recipe(path: str | Path, _seen: frozenset = frozenset(), launchers:
         DatasetMixture = None
     if DatasetMixture is not None:
         try:
-            parsed = DatasetMixture.from_dict(mixture, source=path)
+            from .pairs import pairs_output
+
+            pending = tuple(out.resolve() for r in recipe.recipe.requires or [] if Path(r).is_file()
+                            for out in [pairs_output(r)] if out is not None)
+            parsed = DatasetMixture.from_dict(mixture, source=path, pending=pending)
         except ValueError as err:
             raise ValidationError(str(err)) from None
         fmt = METHODS[recipe.method][1]
@@ -195,7 +199,10 @@ def validate_recipe(path: str | Path, _seen: frozenset = frozenset(), launchers:
         if not Path(required).is_file():
             raise _fail(path, "requires", f"recipe not found: {required}")
         if required not in _seen:
-            validate_recipe(required, _seen | {path})
+            if kind_of(required) == "pairs":
+                validate_file(required)
+            else:
+                validate_recipe(required, _seen | {path})
     if recipe.recipe.chat_template:
         _check_chat_template(path, recipe.recipe.chat_template)
     if recipe.model.use_peft:
