@@ -39,8 +39,10 @@ def _make(work: Path, *args: str) -> subprocess.CompletedProcess:
     stamp.touch()  # this environment is set up already: make must not pip install into it
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    env.pop("ACCELERATE_USE_CPU", None)
-    return subprocess.run(["make", "-f", str(REPO / "Makefile"), *args, f"PYTHON={python}"], cwd=work, env=env,
+    for name in ("ACCELERATE_USE_CPU", "MAKELEVEL", "MAKEFLAGS", "MFLAGS"):  # under `make test`: a fresh make
+        env.pop(name, None)
+    return subprocess.run(["make", "--no-print-directory", "-f", str(REPO / "Makefile"), *args, f"PYTHON={python}"],
+                          cwd=work, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
