@@ -35,6 +35,13 @@ def _phi(z):
     return 0.5 * np.vectorize(math.erfc, otypes=[float])(-z / math.sqrt(2.0)) if z.size else z
 
 
+def _named(models, convert) -> tuple[list[str], list]:
+    """Model names and their converted samples, from a mapping name -> samples or a sequence (named by index)."""
+    items = models.items() if isinstance(models, dict) else enumerate(models)
+    pairs = [(str(n), convert(v, str(n))) for n, v in items]
+    return [n for n, _ in pairs], [v for _, v in pairs]
+
+
 def _as_scores(a, name: str = "scores") -> np.ndarray:
     x = np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64).ravel()
     if x.size == 0:
@@ -334,12 +341,7 @@ def relative_test(scores, *, order: int = 1, alpha: float = 0.05, n_boot: int = 
     rejected at about alpha once the clearly different pairs are out (Bonferroni:
     alpha / (k(k-1)/2)). "bonferroni" and "none" are available.
     """
-    if isinstance(scores, dict):
-        names = [str(n) for n in scores]
-        samples = [_as_scores(v, str(n)) for n, v in scores.items()]
-    else:
-        samples = [_as_scores(v, str(i)) for i, v in enumerate(scores)]
-        names = [str(i) for i in range(len(samples))]
+    names, samples = _named(scores, _as_scores)
     k = len(samples)
     if k < 2:
         raise ValueError(f"the relative test needs at least two models, got {names}")
@@ -601,12 +603,7 @@ def multivariate_relative(samples, *, cost: str = "logistic", beta: float = 10.0
     One Sinkhorn solve per pair of models (both directions from it for the hinge and logistic
     costs, see ``_both_directions``).
     """
-    if isinstance(samples, dict):
-        names = [str(n) for n in samples]
-        ts = [_tensor(v, str(n)) for n, v in samples.items()]
-    else:
-        ts = [_tensor(v, str(i)) for i, v in enumerate(samples)]
-        names = [str(i) for i in range(len(ts))]
+    names, ts = _named(samples, _tensor)
     k = len(ts)
     if k < 2:
         raise ValueError(f"need at least two models, got {names}")
