@@ -111,7 +111,8 @@ def test_data_format_is_decided_from_the_loaded_rows(tiny, tmp_path):
     resolved = json.loads((out / "recipe.json").read_text())["resolved"]
     assert resolved["data_format"] == "unpaired" and resolved["loss_type"] == "apo_zero_unpaired"
     assert json.loads((out / "run.json").read_text())["data_format"] == "unpaired"
-    assert RunInfo.from_path(out).method == "aot_unpaired"
+    info = RunInfo.from_path(out)
+    assert info.method == "aot_unpaired" and info.data_format == "unpaired"
 
 
 def _run_folder(root: Path, name: str, meta: dict) -> Path:

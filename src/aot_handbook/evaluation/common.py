@@ -96,6 +96,7 @@ class RunInfo:
     reference: str | None = None  # the model the run started from (SFT / base), for win rates and plots
     base_model: str = ""  # table row group: merlinite-7b, ..., tiny
     dataset: str | None = None  # ultrafeedback, helpsteer, pku-beavertails, tiny
+    data_format: str | None = None  # what the run trained on: paired, unpaired, sft (run.data_format)
     sort: str | None = None  # AOT hard / soft sort
     penalty: str | None = None  # AOT penalty
     nll_weight: float = 0.0  # the added NLL term (aot_nll_weight, or nll_weight of the baselines)
@@ -133,7 +134,7 @@ class RunInfo:
             path=path_s, name=run.name, method=method, model=model, adapter=adapter,
             reference=start or None,
             base_model="tiny" if recipe.get("tiny_assets") else base_model_key(start) if start else "unknown",
-            dataset=_dataset_key(recipe),
+            dataset=_dataset_key(recipe), data_format=recipe.get("data_format"),
             sort=recipe.get("aot_sort", "hard") if aot else None,
             penalty=recipe.get("aot_penalty", "logistic") if aot else None,
             nll_weight=float(recipe.get(entry.nll_key, 0.0) or 0.0) if entry and entry.nll_key else 0.0,
