@@ -132,6 +132,8 @@ def build_trainer(recipe: Recipe, data=None):
     """Data, model, reference and the method's TRL-based trainer, all from the recipe."""
     if data is None:
         recipe, data = load_data(recipe)
+    elif recipe.data_format is None:  # the trainer class may depend on it (aot_unpaired)
+        raise ValueError("build_trainer(recipe, data): pass the recipe load_data returned with the data")
     method, args = recipe.method, recipe.training
     tokenizer = load_tokenizer(recipe.model, recipe.recipe)
     model = load_model(recipe.model)
