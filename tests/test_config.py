@@ -49,6 +49,8 @@ def test_overrides_bare_flags_lists_and_json(tiny, tmp_path):
     ({}, ["--method", "orpo"], "key 'method' must be one of"),
     ({}, ["--dataset_mixture", "[1, 2]"], "override --dataset_mixture must be a JSON object"),
     ({"env": ["A=1"]}, [], "key 'env' must be a mapping"),
+    ({}, ["--beta", "high"], "command-line override: argument --beta: invalid float value: 'high'"),
+    ({}, ["--use_peft", "maybe"], "command-line override: argument --use_peft/--use-peft: Truthy value expected"),
 ])
 def test_bad_keys_and_overrides_name_the_file(tiny, tmp_path, changes, overrides, message):
     path = _recipe(tmp_path, tiny, beta=0.1, **changes)

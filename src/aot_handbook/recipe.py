@@ -12,6 +12,7 @@ name the key and the recipe file, and come before any model or dataset loads.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -164,12 +165,15 @@ def parse_recipe(path: str, overrides: list[str] | None = None, *, data_format: 
     check_types(classes, merged, path)
     if "env" in merged:
         _set_env(merged["env"], path)
-    # No prefix matching of overrides: --learning 1e-5 is a mistake, not --learning_rate.
-    parser = HfArgumentParser(classes, allow_abbrev=False)
+    # No prefix matching of overrides (--learning 1e-5 is a mistake, not --learning_rate); a bad value is an
+    # error to raise, not a SystemExit.
+    parser = HfArgumentParser(classes, allow_abbrev=False, exit_on_error=False)
     parser.set_defaults(**{k: v for k, v in merged.items() if k != "env"})
     try:
         recipe_args, model_args, training_args, rest = parser.parse_args_into_dataclasses(
             overrides, return_remaining_strings=True)
+    except argparse.ArgumentError as err:
+        raise ValueError(f"{path}: command-line override: {err}") from None
     except ValueError as err:  # a config's own check (__post_init__)
         raise ValueError(f"{path}: {err}") from err
     if rest:
