@@ -27,7 +27,7 @@ from transformers import HfArgumentParser
 from trl import ModelConfig
 
 from .configs import RecipeArguments
-from .methods import DATA_FORMATS, get_method
+from .methods import DATA_FORMATS, METHODS, get_method
 
 
 @dataclass
@@ -96,7 +96,7 @@ def _check_values(method: str, args, path: str) -> None:
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"{path}: key 'learning_rate' must be a finite number > 0, got {lr}")
     # unpaired AOT needs a positive and a negative in every batch; TRL's KTO estimates its KL term from the batch
-    least = 2 if method in ("aot_unpaired", "kto") else 1
+    least = 2 if METHODS[method].data in ("unpaired", "paired_or_unpaired") else 1
     for key, low in (("per_device_train_batch_size", least), ("per_device_eval_batch_size", 1),
                      ("gradient_accumulation_steps", 1)):
         if getattr(args, key) < low:
