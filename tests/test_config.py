@@ -198,3 +198,14 @@ def test_callers_read_the_base_model_registry():
         assert model_family(model.hub_id) == model.family
         assert recipe_chat_template(key) == model.recipe_template
     assert model_key("some/Other-Model") == "other-model"
+
+
+def test_a_sweep_value_argparse_cannot_convert_names_the_run(tiny, tmp_path):
+    from aot_handbook.sweep import SweepError, expand
+
+    base = _recipe(tmp_path, tiny)
+    sweep = tmp_path / "bad.sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"base": base, "grid": {"per_device_train_batch_size": ["two"]}}))
+    with pytest.raises(SweepError, match=r"bad.sweep.yaml: run .*: .*argument --per_device_train_batch_size.*"
+                                         r"invalid int value: 'two'"):
+        expand(str(sweep))

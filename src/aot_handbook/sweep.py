@@ -245,8 +245,6 @@ def _check_run(run: SweepRun, path: str) -> None:
         parse_recipe(run.base, [*run.args, *extra])
     except (ValueError, FileNotFoundError) as err:
         raise SweepError(f"{path}: run {run.name}: {err}") from None
-    except SystemExit:  # argparse: a value it cannot convert (it has printed which)
-        raise SweepError(f"{path}: run {run.name}: bad override value in {to_cli(run.overrides)}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

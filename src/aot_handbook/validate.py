@@ -159,8 +159,6 @@ def validate_recipe(path: str | Path, _seen: frozenset = frozenset(), launchers:
         recipe = parse_recipe(path, overrides)
     except (ValueError, FileNotFoundError) as err:
         raise ValidationError(str(err)) from None
-    except SystemExit:  # argparse rejected a value (it has printed which)
-        raise _fail(path, None, "a value was rejected by the argument parser (see above)") from None
     args = recipe.training
     if METHODS[recipe.method].aot:
         if args.aot_penalty not in PENALTIES:
