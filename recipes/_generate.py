@@ -28,7 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))  # the templates live in the package; no install needed
 
-from aot_handbook.chat_templates import BASE_MODELS, TEMPLATES  # noqa: E402
+from aot_handbook.chat_templates import TEMPLATES  # noqa: E402
+from aot_handbook.models import BASE_MODELS  # noqa: E402
 
 METHODS = ("aot_paired", "aot_unpaired", "dpo", "ipo", "kto")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -59,13 +60,13 @@ def model_block(model: str) -> str:
     info = BASE_MODELS[model]
     lines = [
         "# --- model ---",
-        f"model_name_or_path: {info['hub_id']}  # [paper] base model (SFT'd, 7B family), Sec. 5 / App. H",
+        f"model_name_or_path: {info.hub_id}  # [paper] base model (SFT'd, 7B family), Sec. 5 / App. H",
         "dtype: bfloat16  # [choice] the paper (8 x H100) states no precision; bf16 as the handbook",
     ]
-    if info["set_in_recipe"]:
-        name = _template_name(info["template"])
+    if info.set_in_recipe:
+        name = _template_name(info.template)
         lines.append(f"# chat template: aot_handbook.chat_templates.{name.upper()} ({_TEMPLATE_WHY[name]})")
-        lines.append(f"chat_template: {json.dumps(info['template'])}")
+        lines.append(f"chat_template: {json.dumps(info.template)}")
     else:
         lines.append("# chat template: the tokenizer's own (tokenizer_config.json); see aot_handbook.chat_templates")
     return "\n".join(lines)
@@ -191,7 +192,7 @@ report_to: none  # [choice] set wandb / tensorboard as you like"""
 
 def recipe(model: str, method: str, data: str = "ultrafeedback") -> tuple[str, str]:
     """(relative path, YAML text) of one recipe."""
-    hub_id = BASE_MODELS[model]["hub_id"]
+    hub_id = BASE_MODELS[model].hub_id
     if data == "ultrafeedback":
         path, out = f"{model}/{method}.yaml", f"runs/{model}-{method}"
         title = f"{METHOD_TITLE[method]}; {hub_id} on UltraFeedback binarized."

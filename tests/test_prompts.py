@@ -22,6 +22,7 @@ from aot_handbook.evaluation.generation import (
     stop_token_ids,
     vllm_inputs,
 )
+from aot_handbook.models import BASE_MODELS
 
 CHARS = [chr(i) for i in range(32, 127)] + ["\n"]
 # Special tokens of each model's real tokenizer (tokenizer_config.json), the end-of-turn token of its template,
@@ -58,7 +59,7 @@ def mimic_tokenizer(bos: str, eos: str, extra: list[str], chat_template: str | N
 
 def model_tokenizer(name: str):
     m = MODELS[name]
-    return mimic_tokenizer(m["bos"], m["eos"], m["extra"], ct.BASE_MODELS[name]["template"])
+    return mimic_tokenizer(m["bos"], m["eos"], m["extra"], BASE_MODELS[name].template)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -75,7 +76,7 @@ def test_both_backends_get_the_same_ids_with_one_bos_where_expected(name):
         assert hf["input_ids"][row][-1] != tok.pad_token_id  # left padding: the prompt ends the row
         message = [{"role": "user", "content": instruction}]
         assert ids[row] == _tokenize(tok, message, add_generation_prompt=True)["input_ids"]  # as in training
-        text = ct.render(ct.BASE_MODELS[name]["template"], message, add_generation_prompt=True,
+        text = ct.render(BASE_MODELS[name].template, message, add_generation_prompt=True,
                          bos_token=m["bos"], eos_token=m["eos"])
         assert tok.decode(ids[row]) == text  # the template's exact string, nothing added
         bos_positions = [i for i, t in enumerate(ids[row]) if t == tok.bos_token_id]

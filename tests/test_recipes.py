@@ -20,7 +20,8 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 from aot_handbook import chat_templates as ct  # noqa: E402
-from aot_handbook.configs import parse_recipe  # noqa: E402
+from aot_handbook.models import BASE_MODELS  # noqa: E402
+from aot_handbook.recipe import parse_recipe  # noqa: E402
 from aot_handbook.sweep import SweepError, expand, label  # noqa: E402
 from aot_handbook.sweep import main as sweep_main  # noqa: E402
 from aot_handbook.validate import (  # noqa: E402
@@ -35,7 +36,7 @@ from aot_handbook.validate import main as validate_main  # noqa: E402
 datasets.disable_progress_bars()
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
-MODELS = list(ct.BASE_MODELS)
+MODELS = list(BASE_MODELS)
 METHODS = ("aot_paired", "aot_unpaired", "dpo", "ipo", "kto")
 
 
@@ -74,13 +75,13 @@ def test_paper_settings(model):
     which runs under every launcher; the paper's paged AdamW is an opt-in through the bnb extra)."""
     for method in METHODS:
         r = parse_recipe(f"recipes/{model}/{method}.yaml", ["--use_cpu", "true"])
-        assert r.method == method and r.model.model_name_or_path == ct.BASE_MODELS[model]["hub_id"]
+        assert r.method == method and r.model.model_name_or_path == BASE_MODELS[model].hub_id
         assert r.model.use_peft and set(r.model.lora_target_modules) == {
             "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
         assert r.training.beta == 0.01 and r.training.optim == "adamw_torch" and r.training.bf16
         assert r.training.gradient_checkpointing and r.training.num_train_epochs == 1
         assert r.recipe.dataset_mixture["datasets"][0]["path"] == "HuggingFaceH4/ultrafeedback_binarized"
-        expected_template = ct.BASE_MODELS[model]["template"] if ct.BASE_MODELS[model]["set_in_recipe"] else None
+        expected_template = BASE_MODELS[model].template if BASE_MODELS[model].set_in_recipe else None
         assert r.recipe.chat_template == expected_template
         if method.startswith("aot"):
             assert r.training.aot_penalty == "logistic" and r.training.aot_global_sort is False
@@ -185,16 +186,16 @@ def tiny_tokenizer(tmp_path_factory):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_chat_template_exact_string(tiny_tokenizer, model):
-    info = ct.BASE_MODELS[model]
+    info = BASE_MODELS[model]
     # The tokenizer's own machinery, with the real model's special tokens (the tiny one's are <bos>/<eos>).
-    text = tiny_tokenizer.apply_chat_template(CONVERSATION, chat_template=info["template"], tokenize=False,
-                                              add_generation_prompt=True, **info["special_tokens"])
+    text = tiny_tokenizer.apply_chat_template(CONVERSATION, chat_template=info.template, tokenize=False,
+                                              add_generation_prompt=True, **info.special_tokens)
     assert text == EXPECTED[model]
     # TRL splits prompt and completion by rendering the prompt with the generation prompt: it must be a prefix.
-    prompt = tiny_tokenizer.apply_chat_template(CONVERSATION[:1], chat_template=info["template"], tokenize=False,
-                                                add_generation_prompt=True, **info["special_tokens"])
-    full = tiny_tokenizer.apply_chat_template(CONVERSATION[:2], chat_template=info["template"], tokenize=False,
-                                              **info["special_tokens"])
+    prompt = tiny_tokenizer.apply_chat_template(CONVERSATION[:1], chat_template=info.template, tokenize=False,
+                                                add_generation_prompt=True, **info.special_tokens)
+    full = tiny_tokenizer.apply_chat_template(CONVERSATION[:2], chat_template=info.template, tokenize=False,
+                                              **info.special_tokens)
     assert full.startswith(prompt) and full != prompt
 
 

@@ -25,7 +25,7 @@ _LAZY = {
     "HandbookKTOTrainer": "trainer",
     "fsd_diagnostics": "diagnostics",
     "quantile_curves": "diagnostics",
-    "parse_recipe": "configs",
+    "parse_recipe": "recipe",
     "train": "run",
 }
 __all__ = ["aot_loss", "quantile_coupling", "PENALTIES", "SORTS", *_LAZY]

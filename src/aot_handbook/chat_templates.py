@@ -81,25 +81,6 @@ MISTRAL_INSTRUCT = (
 )
 
 
-# model folder name under recipes/ -> (hub id, template, whether the recipe sets it, special tokens the
-# real tokenizer uses in its template: bos/eos, so tests can render the exact string offline)
-BASE_MODELS: dict[str, dict] = {
-    "merlinite-7b": dict(hub_id="ibm/merlinite-7b", template=MERLINITE, set_in_recipe=True,
-                         family="mistral", special_tokens={"bos_token": "<s>", "eos_token": "</s>"}),
-    "mistral-7b-instruct-v0.2": dict(hub_id="mistralai/Mistral-7B-Instruct-v0.2", template=MISTRAL_INSTRUCT,
-                                     set_in_recipe=False, family="mistral",
-                                     special_tokens={"bos_token": "<s>", "eos_token": "</s>"}),
-    "llama3-8b-instruct": dict(hub_id="meta-llama/Meta-Llama-3-8B-Instruct", template=LLAMA3_INSTRUCT,
-                               set_in_recipe=False, family="llama",
-                               special_tokens={"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}),
-    "openhermes-2.5-mistral-7b": dict(hub_id="teknium/OpenHermes-2.5-Mistral-7B", template=CHATML,
-                                      set_in_recipe=True, family="mistral",
-                                      special_tokens={"bos_token": "<s>", "eos_token": "<|im_end|>"}),
-    "starling-lm-7b-alpha": dict(hub_id="berkeley-nest/Starling-LM-7B-alpha", template=OPENCHAT,
-                                 set_in_recipe=True, family="mistral",
-                                 special_tokens={"bos_token": "<s>", "eos_token": "<|end_of_turn|>"}),
-}
-
 TEMPLATES = {"merlinite": MERLINITE, "chatml": CHATML, "openchat": OPENCHAT,
              "llama3_instruct": LLAMA3_INSTRUCT, "mistral_instruct": MISTRAL_INSTRUCT}
 

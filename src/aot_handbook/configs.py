@@ -1,26 +1,19 @@
-"""Recipes: one YAML holds model, LoRA, data and trainer arguments (alignment-handbook style).
+"""The config dataclasses a recipe is built into: the AOT trainer configs (on TRL's DPOConfig and
+KTOConfig), the baselines' configs with an added NLL term, and the recipe's own keys.
 
-Parsing leans on TRL's ``TrlParser`` (YAML values become defaults, ``--key value`` on the
-command line overrides them). What this module adds: the ``method`` key that picks the
-trainer and its config class, the AOT config fields, and errors that name the key and
-the recipe file, raised before any model or dataset loads.
+Reading a recipe (YAML + ``--key value`` overrides) into them is ``aot_handbook.recipe``; which
+class a ``method`` uses is ``aot_handbook.methods``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
-import tempfile
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import yaml
-from trl import DPOConfig, KTOConfig, ModelConfig, SFTConfig, TrlParser
+from trl import DPOConfig, KTOConfig
 
 from .loss import PENALTIES, SORTS
+from .methods import METHODS
 
 
 @dataclass
@@ -177,7 +170,7 @@ class RecipeArguments:
     """Recipe keys that are neither model nor trainer arguments."""
 
     method: str = field(
-        default="", metadata={"help": f"One of {sorted(['aot_paired', 'aot_unpaired', 'dpo', 'ipo', 'kto', 'sft'])}."})
+        default="", metadata={"help": f"One of {sorted(METHODS)}."})
     dataset_mixture: dict | str | None = field(
         default=None, metadata={"help": "Datasets block; see data.py. On the command line: JSON (or YAML flow)."}
     )
@@ -198,148 +191,3 @@ class RecipeArguments:
         metadata={"help": "Train from scratch into output_dir even if it holds a finished run or checkpoints of "
                           "another configuration (they are deleted). The flag transformers < 5 had, kept here."},
     )
-
-
-# method -> (trainer config class, data format it needs, TRL loss_type it sets)
-METHODS: dict[str, tuple[type, str, str | None]] = {
-    "aot_paired": (AOTConfig, "paired", "aot_paired"),
-    "aot_unpaired": (AOTConfig, "paired_or_unpaired", "aot_unpaired"),
-    "dpo": (HandbookDPOConfig, "paired", "sigmoid"),
-    "ipo": (HandbookDPOConfig, "paired", "ipo"),
-    "kto": (HandbookKTOConfig, "unpaired", "kto"),
-    "sft": (SFTConfig, "sft", None),
-}
-
-
-@dataclass
-class Recipe:
-    path: str
-    method: str
-    recipe: RecipeArguments
-    model: ModelConfig
-    training: typing.Any  # the method's trainer config (AOTConfig, DPOConfig, ...)
-    raw: dict  # the YAML mapping with the defaults filled in (provenance, re-parsing)
-    overrides: list[str]  # the command-line overrides applied on top of it
-
-
-def _read_yaml(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"recipe file not found: {path}")
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: a recipe must be UTF-8 text (byte {err.start} is not): is this the right file?") \
-            from None
-    try:
-        config = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: a recipe must be a YAML mapping of keys to values")
-    return config
-
-
-def _method_from(args: list[str], config: dict, path: str) -> str:
-    method = config.get("method")
-    if "--method" in args:
-        method = args[args.index("--method") + 1]
-    if method not in METHODS:
-        raise ValueError(f"{path}: key 'method' must be one of {sorted(METHODS)}, got {method!r}")
-    return method
-
-
-def _check_overrides(overrides: list[str], path: str) -> None:
-    """``--key value`` pairs: a key given twice is a mistake (argparse would silently keep the last)."""
-    keys = [o[2:].split("=", 1)[0] for o in overrides if o.startswith("--")]
-    twice = sorted({k for k in keys if keys.count(k) > 1})
-    if twice:
-        raise ValueError(f"{path}: override(s) given more than once: {['--' + k for k in twice]}")
-
-
-def _check_values(method: str, args, path: str) -> None:
-    """Ranges the trainer configs do not check (or check only once training has started)."""
-    lr = args.learning_rate
-    if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"{path}: key 'learning_rate' must be a finite number > 0, got {lr}")
-    # unpaired AOT needs a positive and a negative in every batch; TRL's KTO estimates its KL term from the batch
-    least = 2 if method in ("aot_unpaired", "kto") else 1
-    for key, low in (("per_device_train_batch_size", least), ("per_device_eval_batch_size", 1),
-                     ("gradient_accumulation_steps", 1)):
-        if getattr(args, key) < low:
-            why = f" for method {method!r}" if low > 1 else ""
-            raise ValueError(f"{path}: key {key!r} must be >= {low}{why}, got {getattr(args, key)}")
-    if method != "sft" and not (math.isfinite(args.beta) and args.beta > 0):
-        raise ValueError(f"{path}: key 'beta' must be a finite number > 0, got {args.beta}")
-
-
-def _check_types(classes: list[type], values: dict, path: str) -> None:
-    """YAML values bypass argparse's type conversion, so check them against the annotations here."""
-    for cls in classes:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if f.name not in values:
-                continue
-            value, hint = values[f.name], hints[f.name]
-            union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-            allowed = {typing.get_origin(a) or a for a in (typing.get_args(hint) if union else (hint,))}
-            if typing.Any in allowed or typing.Literal in allowed or any(not isinstance(a, type) for a in allowed):
-                continue
-            if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-                continue
-            if value is None and type(None) in allowed:
-                continue
-            if not isinstance(value, tuple(allowed)) or (isinstance(value, bool) and bool not in allowed):
-                raise ValueError(f"{path}: key {f.name!r} expects {hint}, got {value!r} ({type(value).__name__})")
-
-
-def parse_recipe(path: str, overrides: list[str] | None = None, *, config_class: type | None = None) -> Recipe:
-    """Parse a recipe YAML plus ``--key value`` overrides; raise naming the key and the file."""
-    overrides = list(overrides or [])
-    raw = _read_yaml(path)
-    _check_overrides(overrides, path)
-    method = _method_from(overrides, raw, path)
-    config_class = config_class or METHODS[method][0]
-    loss_type = METHODS[method][2]
-    other_loss = "loss_type" in raw and raw["loss_type"] not in (loss_type, [loss_type])
-    if other_loss and config_class is not AOTUnpairedConfig:
-        raise ValueError(f"{path}: key 'loss_type' is set by 'method: {method}'; remove it")
-    defaults = {"output_dir": str(Path("runs") / f"{Path(path).parent.name}-{Path(path).stem}")}
-    if loss_type and config_class is not AOTUnpairedConfig:
-        is_list = typing.get_origin(typing.get_type_hints(config_class)["loss_type"]) is list
-        defaults["loss_type"] = [loss_type] if is_list else loss_type
-        if raw.get("loss_type") in ([loss_type], loss_type):
-            raw = {k: v for k, v in raw.items() if k != "loss_type"}
-    merged = {**defaults, **raw}
-    parser = TrlParser([RecipeArguments, ModelConfig, config_class])
-    _check_types([RecipeArguments, ModelConfig, config_class], merged, path)
-    # TrlParser reads the YAML from a file; hand it the merged mapping through a temporary one.
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as tmp:
-        yaml.safe_dump(merged, tmp)
-    try:
-        recipe_args, model_args, training_args = parser.parse_args_and_config(
-            ["--config", tmp.name, *overrides], fail_with_unknown_args=True
-        )
-    except ValueError as err:
-        message = str(err)
-        if "Unknown arguments from config file" in message:
-            unknown = [s.lstrip("-") for s in message.split("[", 1)[1].split("]", 1)[0].replace("'", "").split(", ")]
-            keys = [k for k in unknown if k in raw or k.split("=")[0] in raw]
-            raise ValueError(f"{path}: unknown key(s) {keys or unknown} for method {method!r}") from None
-        if "not used by the HfArgumentParser" in message:
-            raise ValueError(f"{path}: unknown command-line override(s) {message.split(': ', 1)[1]}") from None
-        raise ValueError(f"{path}: {message}") from err
-    finally:
-        os.unlink(tmp.name)
-    if isinstance(recipe_args.dataset_mixture, str):  # a command-line override arrives as text
-        try:
-            recipe_args.dataset_mixture = yaml.safe_load(recipe_args.dataset_mixture)
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: override --dataset_mixture is not valid JSON: {err}") from None
-        if not isinstance(recipe_args.dataset_mixture, dict):
-            raise ValueError(f"{path}: override --dataset_mixture must be a JSON object")
-    if not recipe_args.dataset_mixture:
-        raise ValueError(f"{path}: key 'dataset_mixture' is required")
-    if not model_args.model_name_or_path:
-        raise ValueError(f"{path}: key 'model_name_or_path' is required")
-    _check_values(method, training_args, path)
-    return Recipe(path, method, recipe_args, model_args, training_args, merged, overrides)

@@ -34,9 +34,9 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from .configs import _check_types
 from .data import BUILDERS
 from .evaluation.common import package_versions, utc_now, write_json
+from .recipe import check_types
 from .scorers import SCORERS, build_scorer
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def parse_pairs_recipe(path: str, overrides: list[str] | None = None) -> PairsCo
         if unknown:
             raise ValueError(f"{path}: unknown {where} {unknown} (known: {sorted(known)})")
     merged = {**raw, **given}
-    _check_types([PairsConfig], merged, path)
+    check_types([PairsConfig], merged, path)
     cfg = PairsConfig(**merged)
 
     def bad(key, why):
@@ -429,7 +429,7 @@ def _as_model_folder(run: Path) -> Path:
 def run_rounds(cfg: PairsConfig, *, recipe_path: str | None = None, overrides: list[str] | None = None) -> list[dict]:
     """``rounds`` x (data stage from the current policy -> train_recipe on that data); the trained policy is
     the next round's sampler and reference. Each piece resumes or is skipped when complete."""
-    from .configs import parse_recipe
+    from .recipe import parse_recipe
     from .run import is_complete, recipe_errors, train
 
     with recipe_errors():
@@ -475,7 +475,7 @@ def main(recipe_path: str, overrides: list[str] | None = None):
 
             ensure_tiny_assets(cfg.tiny_assets)
         load_prompts(cfg)  # a bad prompt file fails before the required runs are trained
-        from .configs import parse_recipe
+        from .recipe import parse_recipe
         from .run import is_complete, recipe_errors, train
 
         for required in cfg.requires:

@@ -1,7 +1,9 @@
 """One training run from a recipe: recipe -> data + model -> trainer -> run folder -> summary.
 
-A run folder holds the weights (or LoRA adapter) and tokenizer, ``recipe.yaml`` (the recipe
-as run, with overrides), ``fingerprint.json`` (what determines the weights, see ``fingerprint``),
+A run folder holds the weights (or LoRA adapter) and tokenizer, ``recipe.json`` (the recipe file's
+path, its YAML, the command-line overrides and ``resolved``: every key with the value the run used,
+``Recipe.resolved``, which is what tables and evaluation read), ``fingerprint.json`` (what
+determines the weights, see ``fingerprint``),
 ``log_history.json``, ``metrics.json`` with the held-out summary, quantile plots, and last
 ``run.json``: a run without ``run.json`` is not complete.
 
@@ -24,14 +26,14 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from trl import SFTTrainer, get_peft_config
+from trl import get_peft_config
 
-from .configs import METHODS, AOTUnpairedConfig, Recipe, parse_recipe
 from .data import DatasetMixture, load_mixture
 from .heldout import paired_statistics
+from .methods import METHODS
 from .model_utils import check_model_path, load_model, load_tokenizer, weight_files
 from .plots import quantile_plot
-from .trainer import AOTTrainer, HandbookDPOTrainer, HandbookKTOTrainer, UnpairedAOTTrainer
+from .recipe import Recipe, parse_recipe
 
 
 class RecipeError(ValueError):
@@ -86,14 +88,12 @@ class StopOnNonFinite(TrainerCallback):
                 raise FloatingPointError(f"non-finite {key} ({value}) at global step {state.global_step}")
 
 
-def _trainer_class(method: str, training_args):
-    if method in ("aot_paired", "aot_unpaired"):
-        return UnpairedAOTTrainer if isinstance(training_args, AOTUnpairedConfig) else AOTTrainer
-    return {"dpo": HandbookDPOTrainer, "ipo": HandbookDPOTrainer, "kto": HandbookKTOTrainer, "sft": SFTTrainer}[method]
-
-
-def _is_unpaired(dataset) -> bool:
-    return "label" in dataset.column_names and "chosen" not in dataset.column_names
+def data_format(dataset, method: str) -> str:
+    """What a loaded train split is: ``paired`` (chosen/rejected), ``unpaired`` (one completion and a label
+    per row) or ``sft``. Decided here once, recorded on the Recipe and in the run folder."""
+    if METHODS[method].data == "sft":
+        return "sft"
+    return "unpaired" if "label" in dataset.column_names and "chosen" not in dataset.column_names else "paired"
 
 
 # Below this many parameters a CPU run uses one intra-op thread: the tiny model's matrix products take
@@ -111,12 +111,16 @@ def set_cpu_threads(model, *, on_cpu: bool) -> int:
 
 
 def load_data(recipe: Recipe):
-    """The recipe's data in its method's format (and, for truly unpaired rows, the recipe parsed for the
-    KTO-based trainer); refused when the train split is smaller than one batch."""
+    """The recipe's data in its method's format, and the recipe with its ``data_format`` decided from the
+    loaded rows (re-parsed once where the format picks the config class: aot_unpaired on truly unpaired rows
+    runs on the KTO-based one); refused when the train split is smaller than one batch."""
     mixture = DatasetMixture.from_dict(recipe.recipe.dataset_mixture, source=recipe.path)
-    data = load_mixture(mixture, target=METHODS[recipe.method][1])
-    if recipe.method == "aot_unpaired" and _is_unpaired(data["train"]):
-        recipe = parse_recipe(recipe.path, recipe.overrides, config_class=AOTUnpairedConfig)
+    method = METHODS[recipe.method]
+    data = load_mixture(mixture, target=method.data)
+    fmt = data_format(data["train"], recipe.method)
+    if method.config_class(fmt) is not type(recipe.training):
+        recipe = parse_recipe(recipe.path, recipe.overrides, data_format=fmt)
+    recipe = dataclasses.replace(recipe, data_format=fmt)
     batch = recipe.training.per_device_train_batch_size * recipe.training.world_size
     if len(data["train"]) < batch:
         raise ValueError(f"dataset_mixture: the train split has {len(data['train'])} row(s), fewer than one batch "
@@ -128,6 +132,8 @@ def build_trainer(recipe: Recipe, data=None):
     """Data, model, reference and the method's TRL-based trainer, all from the recipe."""
     if data is None:
         recipe, data = load_data(recipe)
+    elif recipe.data_format is None:  # the trainer class may depend on it (aot_unpaired)
+        raise ValueError("build_trainer(recipe, data): pass the recipe load_data returned with the data")
     method, args = recipe.method, recipe.training
     tokenizer = load_tokenizer(recipe.model, recipe.recipe)
     model = load_model(recipe.model)
@@ -138,7 +144,7 @@ def build_trainer(recipe: Recipe, data=None):
         kwargs["eval_dataset"] = data["test"]
     if method != "sft" and peft is None and not args.precompute_ref_log_probs:
         kwargs["ref_model"] = load_model(recipe.model, for_reference=True)
-    trainer = _trainer_class(method, args)(**kwargs)
+    trainer = METHODS[method].trainer_class(recipe.data_format)(**kwargs)
     trainer.add_callback(StopOnNonFinite())
     return recipe, data, trainer
 
@@ -226,11 +232,8 @@ def model_identity(name: str, revision: str | None = None) -> str:
 def fingerprint(recipe: Recipe, data) -> dict:
     """What determines a run's weights: the resolved config (every recipe, model and trainer argument, less
     OUTPUT_ONLY_KEYS), the train rows, and the base model. ``sha256`` over the three."""
-    training = recipe.training.to_dict()  # values of *_token keys come masked; pad_token is no secret
-    training.update({k: getattr(recipe.training, k) for k, v in training.items() if v == f"<{k.upper()}>"
-                     and not _output_only(k)})
-    config = {**dataclasses.asdict(recipe.recipe), **dataclasses.asdict(recipe.model), **training}
-    config = json.loads(json.dumps({k: v for k, v in sorted(config.items()) if not _output_only(k)}, default=str))
+    # data_format is left out: the config class's keys and the train rows already say it
+    config = {k: v for k, v in recipe.resolved().items() if not _output_only(k) and k != "data_format"}
     identity = {"config": config, "data": data_fingerprint(data["train"]),
                 "model": model_identity(recipe.model.model_name_or_path, recipe.model.model_revision)}
     blob = json.dumps(identity, sort_keys=True).encode()
@@ -363,8 +366,8 @@ def train(recipe_path: str, overrides: list[str] | None = None) -> Path:
         for stale in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
             shutil.rmtree(stale, ignore_errors=True)  # every rank may try: the first one wins
     write_json(out / "fingerprint.json", identity)
-    write_json(out / "recipe.json",
-               {"path": recipe.path, "overrides": recipe.overrides, "recipe": _redacted(recipe.raw)})
+    write_json(out / "recipe.json", {"path": recipe.path, "overrides": recipe.overrides,
+                                     "recipe": _redacted(recipe.raw), "resolved": recipe.resolved()})
     if checkpoint:
         _say(f"[aot-handbook] resuming from {checkpoint}")
     trainer.train(resume_from_checkpoint=checkpoint)
@@ -382,7 +385,7 @@ def train(recipe_path: str, overrides: list[str] | None = None) -> Path:
         summary["run_dir"] = str(out)
         write_json(out / "metrics.json", summary)
         write_json(out / "run.json", {"method": recipe.method, "recipe": recipe.path, "completed": time.time(),
-                                      "fingerprint": identity["sha256"]})
+                                      "fingerprint": identity["sha256"], "data_format": recipe.data_format})
         print_summary(summary)
     trainer.accelerator.wait_for_everyone()
     return out
@@ -396,7 +399,7 @@ def _redacted(raw: dict) -> dict:
 
 
 def describe_loss(method: str, args) -> str:
-    if method.startswith("aot"):
+    if METHODS[method].aot:
         text = f"{args.aot_variant} (AOT, penalty={args.aot_penalty}, sort={args.aot_sort}, beta={args.beta})"
         if args.aot_nll_weight:
             text += f" + {args.aot_nll_weight} x NLL(chosen)"

@@ -118,11 +118,11 @@ def recipe_keys(method: str) -> set[str]:
     """Every key a recipe of this method may set (the same classes parse_recipe builds)."""
     from trl import ModelConfig
 
-    from .configs import METHODS, AOTUnpairedConfig, RecipeArguments
+    from .configs import RecipeArguments
+    from .methods import METHODS
 
-    classes = [RecipeArguments, ModelConfig, METHODS[method][0]]
-    if method == "aot_unpaired":  # truly unpaired data re-parses the recipe with the KTO-based config
-        classes.append(AOTUnpairedConfig)
+    # aot_unpaired: paired and truly unpaired data use different config classes; a key of either is a recipe key
+    classes = [RecipeArguments, ModelConfig, *METHODS[method].config_classes()]
     return {f.name for cls in classes for f in dataclasses.fields(cls)}
 
 
@@ -238,15 +238,13 @@ def _check_run(run: SweepRun, path: str) -> None:
     """Parse the run's recipe with its overrides (on a machine without a GPU, as if on CPU)."""
     import torch
 
-    from .configs import parse_recipe
+    from .recipe import parse_recipe
 
     extra = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
     try:
         parse_recipe(run.base, [*run.args, *extra])
     except (ValueError, FileNotFoundError) as err:
         raise SweepError(f"{path}: run {run.name}: {err}") from None
-    except SystemExit:  # argparse: a value it cannot convert (it has printed which)
-        raise SweepError(f"{path}: run {run.name}: bad override value in {to_cli(run.overrides)}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,15 +25,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .methods import table_methods
+from .models import BASE_MODELS
+
 # The paper's benchmark columns, headed by the lm-eval task and metric behind them (recipes/eval/open_llm_paper.yaml).
 BENCHMARKS = [("ARC-Easy acc", "arc"), ("HellaSwag acc", "hellaswag"), ("MMLU acc", "mmlu"),
               ("TruthfulQA mc1+mc2 mean", "truthfulqa"), ("Winogrande acc", "winogrande"),
               ("GSM8K flexible-extract", "gsm8k")]
-METHODS = [("AOT paired", "aot_paired"), ("AOT unpaired", "aot_unpaired"), ("DPO", "dpo"), ("KTO", "kto"),
-           ("IPO", "ipo")]
-BASE_NAMES = {"merlinite-7b": "Merlinite-7B", "openhermes-2.5-mistral-7b": "OpenHermes-7B",
-              "starling-lm-7b-alpha": "Starling-7B", "llama3-8b-instruct": "Llama3-8B",
-              "mistral-7b-instruct-v0.2": "Mistral-7B", "tiny": "tiny SFT"}
+METHODS = table_methods()  # (label, method) in row order: AOT paired, AOT unpaired, DPO, KTO, IPO
+BASE_NAMES = {**{key: m.name for key, m in BASE_MODELS.items()}, "tiny": "tiny SFT"}
 BASE_METHODS = ("base", "sft")  # the base row: the SFT'd model every method started from
 
 

@@ -33,20 +33,19 @@ from pathlib import Path
 
 import yaml
 
+from .models import BASE_MODELS
+
 # Module names LoRA can target, per architecture family (transformers' modeling_llama / modeling_mistral).
 LORA_MODULES: dict[str, set[str]] = {
     "llama": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens", "lm_head"},
     "mistral": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens",
                 "lm_head"},
 }
-# Hub ids of the paper's models -> family (config.json's model_type). Local folders are read directly.
+# Hub ids -> family (config.json's model_type): the base-model registry's, and the models they were tuned
+# from. Local folders are read directly.
 MODEL_FAMILIES: dict[str, str] = {
-    "ibm/merlinite-7b": "mistral",
-    "mistralai/Mistral-7B-Instruct-v0.2": "mistral",
+    **{m.hub_id: m.family for m in BASE_MODELS.values()},
     "mistralai/Mistral-7B-v0.1": "mistral",
-    "teknium/OpenHermes-2.5-Mistral-7B": "mistral",
-    "berkeley-nest/Starling-LM-7B-alpha": "mistral",
-    "meta-llama/Meta-Llama-3-8B-Instruct": "llama",
     "meta-llama/Meta-Llama-3-8B": "llama",
 }
 PEFT_SPECIAL_TARGETS = {"all-linear"}
@@ -78,7 +77,7 @@ def model_family(name_or_path: str, recipe=None, _seen: frozenset = frozenset())
         return AutoConfig.from_pretrained(name_or_path, local_files_only=True).model_type
     except Exception:
         pass
-    from .configs import parse_recipe
+    from .recipe import parse_recipe
 
     for required in (recipe.recipe.requires or []) if recipe is not None else []:
         if required in _seen or not Path(required).is_file():
@@ -99,7 +98,8 @@ def _cpu_overrides(path: str) -> list[str]:
 
 
 def _looks_unpaired(mixture: dict) -> bool:
-    """Whether the data is (or may be) one-completion-per-row: then aot_unpaired runs on the KTO-based config."""
+    """Whether the data is (or may be) one-completion-per-row: then aot_unpaired runs on the KTO-based config.
+    A guess from the recipe alone, for validation; a run decides from its loaded rows (run.data_format)."""
     if mixture.get("unpair"):
         return True
     for spec in mixture.get("datasets") or []:
@@ -140,8 +140,9 @@ def _check_chat_template(path, template: str) -> None:
 def validate_recipe(path: str | Path, _seen: frozenset = frozenset(), launchers: list | tuple = ()):
     """Parse and check one recipe; return the parsed Recipe. Raises ValidationError naming file and key.
     ``launchers``: accelerate configs the recipe is checked to run under (optimizer/launcher pair)."""
-    from .configs import METHODS, AOTUnpairedConfig, parse_recipe
     from .loss import PENALTIES, SORTS
+    from .methods import METHODS
+    from .recipe import parse_recipe
 
     path = str(path)
     overrides = _cpu_overrides(path)
@@ -158,19 +159,19 @@ def validate_recipe(path: str | Path, _seen: frozenset = frozenset(), launchers:
         recipe = parse_recipe(path, overrides)
     except (ValueError, FileNotFoundError) as err:
         raise ValidationError(str(err)) from None
-    except SystemExit:  # argparse rejected a value (it has printed which)
-        raise _fail(path, None, "a value was rejected by the argument parser (see above)") from None
     args = recipe.training
-    if recipe.method.startswith("aot"):
+    if METHODS[recipe.method].aot:
         if args.aot_penalty not in PENALTIES:
             raise _fail(path, "aot_penalty",
                         f"unknown penalty {args.aot_penalty!r}; expected one of {list(PENALTIES)}")
         if args.aot_sort not in SORTS:
             raise _fail(path, "aot_sort", f"unknown sort {args.aot_sort!r}; expected one of {list(SORTS)}")
     mixture = recipe.recipe.dataset_mixture
-    if recipe.method == "aot_unpaired" and _looks_unpaired(mixture):
+    # The run decides the data format once its rows are loaded; here, without loading them, a method whose
+    # config class depends on it is checked with the unpaired one too where the data may be unpaired.
+    if METHODS[recipe.method].unpaired_config and _looks_unpaired(mixture):
         try:
-            parse_recipe(path, overrides, config_class=AOTUnpairedConfig)
+            parse_recipe(path, overrides, data_format="unpaired")
         except (ValueError, FileNotFoundError) as err:
             raise ValidationError(f"{err} (unpaired data: the recipe also runs on the KTO-based "
                                   "AOTUnpairedConfig, so its keys must be valid there)") from None
@@ -187,7 +188,7 @@ def validate_recipe(path: str | Path, _seen: frozenset = frozenset(), launchers:
             parsed = DatasetMixture.from_dict(mixture, source=path, pending=pending)
         except ValueError as err:
             raise ValidationError(str(err)) from None
-        fmt = METHODS[recipe.method][1]
+        fmt = METHODS[recipe.method].data
         if fmt == "paired" and parsed.unpair:
             raise _fail(path, "dataset_mixture.unpair", f"is true but method {recipe.method!r} needs paired data")
     for launcher in launchers or [None]:

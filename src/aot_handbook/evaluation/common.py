@@ -21,17 +21,12 @@ from pathlib import Path
 
 import yaml
 
+from ..methods import METHODS
+from ..models import BASE_MODELS, model_key
+
 RESULTS_DIR = Path("results")
 PACKAGES = ("aot-handbook", "torch", "transformers", "trl", "peft", "datasets", "alpaca-eval", "lm-eval", "vllm")
 
-# Hub ids of the paper's base models -> the short names the recipes and tables use.
-BASE_MODELS = {
-    "ibm/merlinite-7b": "merlinite-7b",
-    "mistralai/mistral-7b-instruct-v0.2": "mistral-7b-instruct-v0.2",
-    "meta-llama/meta-llama-3-8b-instruct": "llama3-8b-instruct",
-    "teknium/openhermes-2.5-mistral-7b": "openhermes-2.5-mistral-7b",
-    "berkeley-nest/starling-lm-7b-alpha": "starling-lm-7b-alpha",
-}
 DATASETS = (("ultrafeedback", "ultrafeedback"), ("helpsteer", "helpsteer"), ("beavertails", "pku-beavertails"),
             ("pku", "pku-beavertails"))
 
@@ -65,20 +60,19 @@ def utc_now() -> str:
 
 
 def base_model_key(name: str) -> str:
-    """``ibm/merlinite-7b`` -> ``merlinite-7b``; a local run folder -> its own base model's key."""
+    """``ibm/merlinite-7b`` -> ``merlinite-7b`` (the base-model registry); a local run folder -> its own base
+    model's key."""
     path = Path(name)
     if (path / "recipe.json").is_file():
         return RunInfo.from_path(path).base_model
-    return BASE_MODELS.get(name.lower(), path.name.lower() or name.lower())
+    return model_key(name)
 
 
 def recipe_chat_template(base_model: str) -> str | None:
     """The chat template the recipes of base model ``base_model`` (e.g. ``merlinite-7b``) set, None where they
     use the tokenizer's own: a base row is evaluated in the format its aligned runs were."""
-    from ..chat_templates import BASE_MODELS as TEMPLATES
-
-    info = TEMPLATES.get(base_model)
-    return info["template"] if info and info["set_in_recipe"] else None
+    model = BASE_MODELS.get(base_model)
+    return model.recipe_template if model else None
 
 
 def run_fingerprint(path: str | Path) -> str | None:
@@ -102,6 +96,7 @@ class RunInfo:
     reference: str | None = None  # the model the run started from (SFT / base), for win rates and plots
     base_model: str = ""  # table row group: merlinite-7b, ..., tiny
     dataset: str | None = None  # ultrafeedback, helpsteer, pku-beavertails, tiny
+    data_format: str | None = None  # what the run trained on: paired, unpaired, sft (run.data_format)
     sort: str | None = None  # AOT hard / soft sort
     penalty: str | None = None  # AOT penalty
     nll_weight: float = 0.0  # the added NLL term (aot_nll_weight, or nll_weight of the baselines)
@@ -126,25 +121,27 @@ class RunInfo:
             return cls(path=path_s, name=run.name or path_s.replace("/", "--"), method="base", model=path_s,
                        base_model=key, chat_template=recipe_chat_template(key))
         meta = json.loads((run / "recipe.json").read_text())
-        recipe = with_overrides(meta.get("recipe", {}), meta.get("overrides") or [])
+        recipe = resolved_config(meta, run)
         start = recipe.get("model_name_or_path") or ""
         adapter, model = None, path_s
         if (run / "adapter_config.json").is_file():
             adapter = path_s
             model = json.loads((run / "adapter_config.json").read_text()).get("base_model_name_or_path") or start
         method = recipe.get("method", "unknown")
+        entry = METHODS.get(method)
+        aot = bool(entry and entry.aot)
         return cls(
             path=path_s, name=run.name, method=method, model=model, adapter=adapter,
             reference=start or None,
             base_model="tiny" if recipe.get("tiny_assets") else base_model_key(start) if start else "unknown",
-            dataset=_dataset_key(recipe),
-            sort=recipe.get("aot_sort", "hard") if method.startswith("aot") else None,
-            penalty=recipe.get("aot_penalty", "logistic") if method.startswith("aot") else None,
-            nll_weight=float(recipe.get("aot_nll_weight" if method.startswith("aot") else "nll_weight", 0.0)),
+            dataset=_dataset_key(recipe), data_format=recipe.get("data_format"),
+            sort=recipe.get("aot_sort", "hard") if aot else None,
+            penalty=recipe.get("aot_penalty", "logistic") if aot else None,
+            nll_weight=float(recipe.get(entry.nll_key, 0.0) or 0.0) if entry and entry.nll_key else 0.0,
             batch_size=recipe.get("per_device_train_batch_size"),
             seed=recipe.get("seed"),
             recipe_path=meta.get("path"), recipe_name=Path(meta["path"]).stem if meta.get("path") else None,
-            config_id=_config_id(recipe, meta.get("overrides") or []), recipe_sha256=sha256(run / "recipe.json"),
+            config_id=_config_id(recipe), recipe_sha256=sha256(run / "recipe.json"),
             fingerprint=run_fingerprint(run), complete=(run / "run.json").is_file(),
             chat_template=recipe.get("chat_template"), recipe=recipe,
         )
@@ -158,32 +155,24 @@ class RunInfo:
 SEED_KEYS = {"seed", "data_seed", "output_dir", "run_name"}
 
 
-def with_overrides(recipe: dict, overrides: list[str]) -> dict:
-    """The recipe's values as the run used them: ``--key value [value ...]`` (or ``--key=value``)
-    overrides applied, values read as YAML scalars; several values after one key make a list."""
-    given: dict[str, list] = {}
-    key = None
-    for token in overrides:
-        if token.startswith("--"):
-            key, eq, value = token[2:].partition("=")
-            given[key] = [yaml.safe_load(value)] if eq else []
-        elif key is not None:
-            given[key].append(yaml.safe_load(token))
-    return {**recipe, **{k: v[0] if len(v) == 1 else v for k, v in given.items() if v}}
+def resolved_config(meta: dict, run: Path) -> dict:
+    """The config a run used, from its ``recipe.json``: ``resolved`` (every key after defaults and overrides,
+    ``aot_handbook.recipe.Recipe.resolved``). A folder written before ``resolved`` was saved: its YAML block
+    when it had no command-line overrides (the keys it sets are then exactly what ran; the others keep their
+    defaults here), else an error: its overrides cannot be read back faithfully (bare flags, lists)."""
+    if "resolved" in meta:
+        return meta["resolved"]
+    if meta.get("overrides"):
+        raise ValueError(f"{run}/recipe.json: written by an older version (no 'resolved' config) with "
+                         f"command-line overrides {meta['overrides']}: retrain the run to evaluate or tabulate it")
+    return meta.get("recipe", {})
 
 
-def _config_id(recipe: dict, overrides: list[str]) -> str:
-    """What makes two runs the same configuration up to the seed (so a table may average them)."""
+def _config_id(recipe: dict) -> str:
+    """What makes two runs the same configuration up to the seed (so a table may average them): the resolved
+    config less ``SEED_KEYS``."""
     kept = {k: v for k, v in recipe.items() if k not in SEED_KEYS}
-    pairs, i = [], 0
-    while i < len(overrides):  # --key value pairs; a seed override is not part of the configuration
-        key = overrides[i].lstrip("-").split("=", 1)[0]
-        step = 1 if "=" in overrides[i] or i + 1 == len(overrides) else 2
-        if key not in SEED_KEYS:
-            pairs.append(overrides[i:i + step])
-        i += step
-    blob = json.dumps([kept, sorted(pairs)], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _data_files(recipe: dict) -> list[str]:
