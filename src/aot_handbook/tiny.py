@@ -7,6 +7,10 @@ something to fix, and a program can judge every answer.
 
 Answers are zero-padded to 3 digits, so chosen and rejected answers differ in digits
 only, never in length (with ``85`` / ``101``, preference training learned to stop early).
+
+The run driver, the evaluation pipeline, the plots and the tables reach this module only through the task
+interface (:mod:`aot_handbook.tasks`): :class:`TinyTask` is registered as ``tiny`` (recipe key ``tiny_assets``,
+evaluation kind ``tiny_task``, tables ``tiny``, ``tiny1``, ``tiny7``, ``tiny10``, ``tiny-batch``, ``tiny-penalty``).
 """
 
 from __future__ import annotations
