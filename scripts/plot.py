@@ -6,13 +6,15 @@ or Fig. 2 (batch size, penalty) from the results of make reproduce-tiny.
     python scripts/plot.py runs/merlinite-7b-aot_unpaired --data heldout_pairs.jsonl --max-rows 1000
     python scripts/plot.py --fig2 results/reproduce-tiny             # -> results/reproduce-tiny/plots/fig2.png
 
-Held-out pairs: --data (json/jsonl with prompt, chosen, rejected), else the tiny task's paired test
-split (tiny runs), else the test split of the first run's recipe. All runs are scored on the same rows.
+Held-out pairs: --data (json/jsonl with prompt, chosen, rejected), else the held-out pairs of the
+run's task (tiny runs: the paired test split), else the test split of the first run's recipe. All runs
+are scored on the same rows.
 """
 
 import argparse
 
-from aot_handbook.plots import figure1, heldout_rows, run_statistics
+from aot_handbook.heldout import heldout_rows, run_statistics
+from aot_handbook.plots import figure1
 
 
 def main(argv=None):
@@ -26,7 +28,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.fig2:
         from aot_handbook.evaluation.common import load_results
-        from aot_handbook.plots import figure2
+        from aot_handbook.tiny import figure2
 
         print(f"Fig. 2: {figure2(load_results(args.fig2), f'{args.fig2}/plots/fig2.png')}")
         return

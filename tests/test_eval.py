@@ -14,11 +14,11 @@ import pytest
 import torch
 import yaml
 
-from aot_handbook.evaluation import RunInfo, evaluate, load_eval_recipe, program_scores
+from aot_handbook.evaluation import RunInfo, evaluate, load_eval_recipe
 from aot_handbook.evaluation.common import read_samples, sha256
 from aot_handbook.evaluation.generation import generate_outputs, load_model_and_tokenizer
 from aot_handbook.evaluation.judge_server import serve
-from aot_handbook.tiny import build_base_model, generate, has_carry, judge, read_jsonl, wrong_answer
+from aot_handbook.tiny import build_base_model, generate, has_carry, judge, program_scores, read_jsonl, wrong_answer
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "sk-test-4f1c9e0b-never-written-7d2a"
@@ -281,7 +281,8 @@ def test_figure1_plots_the_diagnostics_quantiles(runs, tmp_path):
     import matplotlib.pyplot as plt
 
     from aot_handbook.diagnostics import quantile_curves
-    from aot_handbook.plots import draw_quantiles, figure1, heldout_rows, run_statistics
+    from aot_handbook.heldout import heldout_rows, run_statistics
+    from aot_handbook.plots import draw_quantiles, figure1
 
     rows = heldout_rows(str(runs["aot"]), max_rows=32)
     assert len(rows) == 32 and {"prompt", "chosen", "rejected"} <= set(rows[0])

@@ -11,7 +11,7 @@ import yaml
 
 from aot_handbook.reproduce import load, run_grid
 from aot_handbook.sweep import SweepError, SweepRun
-from aot_handbook.tables import build, tiny_table
+from aot_handbook.tables import build, table_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "recipes" / "tiny" / "reproduce.yaml"
@@ -75,15 +75,15 @@ def _result(method, seed, win, *, nll=1.0, config="a"):
 def test_tiny_tables_mean_std_and_seed_columns():
     results = [_result("aot_unpaired", s, w) for s, w in ((0, 60.0), (1, 62.0), (2, 64.0))]
     results.append(_result("dpo", 0, 40.0, nll=0.0))
-    t1 = build(tiny_table("tiny1"), results)
+    t1 = build(table_spec("tiny1"), results)
     row = next(r for r in t1 if r[:2] == ["AOT unpaired", "+ NLL"])
     assert row[2] == "62.0 ± 2.0 (n=3)" and row[3] == "92.0 ± 2.0 (n=3)"
     assert next(r for r in t1 if r[:2] == ["DPO", "no NLL"])[2] == "40.0 ± 0.0 (n=1)"
     assert next(r for r in t1 if r[:2] == ["DPO", "+ NLL"])[2] == "-"
-    t10 = build(tiny_table("tiny10"), results)
+    t10 = build(table_spec("tiny10"), results)
     assert next(r for r in t10 if r[:2] == ["AOT unpaired", "+ NLL"])[2:5] == ["60.0", "62.0", "64.0"]
     with pytest.raises(ValueError, match="different configurations"):  # never average unlike runs
-        build(tiny_table("tiny1"), [*results, _result("aot_unpaired", 3, 10.0, config="b")])
+        build(table_spec("tiny1"), [*results, _result("aot_unpaired", 3, 10.0, config="b")])
 
 
 def test_a_failing_cell_does_not_lose_the_others(tmp_path, monkeypatch):

@@ -151,8 +151,11 @@ class Scripted(torch.nn.Module):
 
     def __init__(self, tok):
         super().__init__()
+        from transformers import GenerationConfig
+
         self.tok = tok
         self.device = torch.device("cpu")
+        self.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id)  # what generate() callers read
 
     def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
         assert (attention_mask[:, -1] == 1).all(), "prompts must be left-padded"

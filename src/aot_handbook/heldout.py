@@ -1,10 +1,14 @@
 """Held-out statistics of a policy against its reference: sequence log-probs, rewards, margins.
 
-These feed the end-of-run summary and the paper's quantile plots (Fig. 1a: chosen vs rejected
-rewards; Fig. 1b: policy vs reference chosen-to-rejected margins).
+These feed the end-of-run summary, the evaluation's held-out scores and the paper's quantile plots (Fig. 1a:
+chosen vs rejected rewards; Fig. 1b: policy vs reference chosen-to-rejected margins). :func:`run_statistics`
+loads a run folder and its reference; :func:`heldout_rows` finds a run's held-out pairs.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 from trl.data_utils import _tokenize, common_prefix_length
@@ -78,3 +82,76 @@ def paired_statistics(policy, reference, tokenizer, rows, *, beta: float, batch_
         "policy_margin_accuracy": float((policy_margins > 0).double().mean()),
         "reference_margin_accuracy": float((reference_margins > 0).double().mean()),
     }
+
+
+def run_statistics(run_path: str, rows: list[dict], *, beta: float | None = None, batch_size: int = 64) -> dict:
+    """``paired_statistics`` of a run folder against its reference: the adapters disabled for a LoRA
+    run, else the model its recipe started from (``model_name_or_path``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .evaluation.common import RunInfo
+    from .evaluation.generation import load_model_and_tokenizer
+    from .model_utils import ensure_pad_token
+
+    run = RunInfo.from_path(run_path)
+    if run.method == "base":
+        raise ValueError(f"{run_path}: not a run folder (no recipe.json); Fig. 1 compares a run with its reference")
+    beta = beta if beta is not None else float(run.recipe.get("beta", 0.1))
+    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(run.path))
+    if run.adapter:
+        from peft import PeftModel
+
+        policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run.model), run.adapter)
+        reference = policy.disable_adapter
+    else:
+        policy = AutoModelForCausalLM.from_pretrained(run.model)
+        reference = load_model_and_tokenizer(run.reference, None, dtype="float32")[0] if run.reference else None
+        if reference is None:
+            raise ValueError(f"{run_path}: recipe.json names no model_name_or_path to use as the reference")
+    return paired_statistics(policy, reference, tokenizer, rows, beta=beta, batch_size=batch_size)
+
+
+def heldout_rows(run_path: str, data: str | None = None, *, max_rows: int = 512) -> list[dict]:
+    """Held-out paired rows (prompt, chosen, rejected): ``data`` (a .json/.jsonl file), else the held-out pairs
+    of the run's task (:mod:`aot_handbook.tasks`), else the test split of the run's recipe dataset mixture."""
+    from .evaluation.common import RunInfo
+    from .tasks import task_of
+
+    if data:
+        text = Path(data).read_text()
+        lines = text.splitlines()
+        rows = json.loads(text) if data.endswith(".json") else [json.loads(line) for line in lines if line.strip()]
+    else:
+        run = RunInfo.from_path(run_path)
+        task = task_of(run)
+        if task is not None:
+            rows = task.heldout_pairs(run.recipe)
+        else:
+            from .data import DatasetMixture, load_mixture
+
+            mixture = load_mixture(DatasetMixture.from_dict(run.recipe["dataset_mixture"], source=run.recipe_path),
+                                   target="paired")
+            if "test" not in mixture:
+                raise ValueError(f"{run_path}: the recipe's dataset_mixture has no test split; pass --data FILE")
+            rows = [mixture["test"][i] for i in range(min(max_rows, len(mixture["test"])))]
+    missing = {"prompt", "chosen", "rejected"} - set(rows[0]) if rows else {"rows"}
+    if missing:
+        raise ValueError(f"{data or run_path}: held-out data needs columns prompt, chosen, rejected; "
+                         f"missing {sorted(missing)}")
+    return rows[:max_rows]
+
+
+def heldout_scores(run_path: str, rows: list[dict], *, prefix: str) -> dict:
+    """Result scores from :func:`run_statistics` on ``rows`` (named ``<prefix><score>``): reward accuracy
+    (chosen reward > rejected reward, rewards = beta * log-ratio), the FSD violation shares of chosen over
+    rejected rewards and of policy over reference chosen-rejected margins (percent), and the smallest
+    quantile gap of each pair (raw units)."""
+    stats = run_statistics(run_path, rows)
+    return {f"{prefix}reward_accuracy": 100.0 * stats["reward_accuracy"],
+            f"{prefix}rewards_fsd_violation": 100.0 * stats["rewards_fsd"]["fsd_violation_share"],
+            f"{prefix}margins_fsd_violation": 100.0 * stats["margins_fsd"]["fsd_violation_share"],
+            f"{prefix}margin_accuracy": 100.0 * stats["policy_margin_accuracy"],
+            # min over quantile levels of Q_chosen - Q_rejected (rewards) and Q_policy - Q_reference (margins):
+            # > 0 iff dominance holds, and how much room it holds with (raw units, not percent)
+            f"{prefix}rewards_min_gap": stats["rewards_fsd"]["min_quantile_gap"],
+            f"{prefix}margins_min_gap": stats["margins_fsd"]["min_quantile_gap"]}

@@ -68,7 +68,12 @@ def load_tokenizer(model_args: ModelConfig, recipe_args: RecipeArguments):
         tokenizer = AutoTokenizer.from_pretrained(name, revision=model_args.model_revision)
     if recipe_args.chat_template:
         tokenizer.chat_template = recipe_args.chat_template
-    if tokenizer.pad_token is None:  # Llama/Mistral ship none; padding is masked out, so EOS is safe
+    return ensure_pad_token(tokenizer)
+
+
+def ensure_pad_token(tokenizer):
+    """The one pad-token fallback: Llama/Mistral ship no pad token; padding is masked out, so EOS is safe."""
+    if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 

@@ -200,18 +200,15 @@ class HFSampler:
     @torch.no_grad()
     def sample(self, prompts: list[str], *, k: int, temperature: float, top_p: float, max_new_tokens: int,
                seed: int) -> list[list[str]]:
-        from .evaluation.generation import build_prompt_ids, hf_inputs, stop_token_ids
+        from .evaluation.generation import build_prompt_ids, hf_generate
 
         # the prompt ids evaluation builds too (chat template, no second BOS); stops at the end-of-turn token
-        enc = hf_inputs(self.tokenizer, build_prompt_ids(self.tokenizer, prompts)).to(self.lm.device)
-        stops = stop_token_ids(self.tokenizer, self.lm.generation_config.eos_token_id)
+        prompt_ids = build_prompt_ids(self.tokenizer, prompts)
         with torch.random.fork_rng(devices=[self.lm.device] if self.lm.device.type == "cuda" else []):
             torch.manual_seed(seed)
             # top_k=0: temperature and top-p only (transformers' default would add top-k 50)
-            gen = self.lm.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                                   num_return_sequences=k, max_new_tokens=max_new_tokens,
-                                   pad_token_id=self.tokenizer.pad_token_id, eos_token_id=stops)
-        texts = self.tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            texts = hf_generate(self.lm, self.tokenizer, prompt_ids, do_sample=True, temperature=temperature,
+                                top_p=top_p, top_k=0, num_return_sequences=k, max_new_tokens=max_new_tokens)
         return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
 
 

@@ -3,7 +3,10 @@
 - :func:`quantile_plot` one panel, Q_U and Q_V per label (used by ``run.py`` at the end of training);
 - :func:`figure1` the paper's Fig. 1a (chosen vs rejected reward quantiles) and Fig. 1b (policy vs
   reference chosen-minus-rejected margin quantiles) for one or several runs on a held-out paired
-  set (``make plot RUN=...``). The plotted quantiles are also written as JSON beside each PNG.
+  set (``make plot RUN=...``). The plotted quantiles are also written as JSON beside each PNG;
+- :func:`draw_grid` a grid of mean ± std panels over sweeps (the paper's Fig. 2).
+
+Plots only draw: the numbers come from :mod:`aot_handbook.heldout` (``run_statistics``) and the results.
 """
 
 from __future__ import annotations
@@ -78,104 +81,34 @@ def figure1(stats: dict, out_dir: str | Path, *, prefix: str = "fig1") -> dict[s
     return paths
 
 
-def run_statistics(run_path: str, rows: list[dict], *, beta: float | None = None, batch_size: int = 64) -> dict:
-    """``paired_statistics`` of a run folder against its reference: the adapters disabled for a LoRA
-    run, else the model its recipe started from (``model_name_or_path``)."""
-    from .evaluation.common import RunInfo
-    from .evaluation.generation import load_model_and_tokenizer
-    from .heldout import paired_statistics
-
-    run = RunInfo.from_path(run_path)
-    if run.method == "base":
-        raise ValueError(f"{run_path}: not a run folder (no recipe.json); Fig. 1 compares a run with its reference")
-    beta = beta if beta is not None else float(run.recipe.get("beta", 0.1))
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(run.path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if run.adapter:
-        from peft import PeftModel
-
-        policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run.model), run.adapter)
-        reference = policy.disable_adapter
-    else:
-        policy = AutoModelForCausalLM.from_pretrained(run.model)
-        reference = load_model_and_tokenizer(run.reference, None, dtype="float32")[0] if run.reference else None
-        if reference is None:
-            raise ValueError(f"{run_path}: recipe.json names no model_name_or_path to use as the reference")
-    return paired_statistics(policy, reference, tokenizer, rows, beta=beta, batch_size=batch_size)
-
-
-def heldout_rows(run_path: str, data: str | None = None, *, max_rows: int = 512) -> list[dict]:
-    """Held-out paired rows (prompt, chosen, rejected): ``data`` (a .json/.jsonl file), else the tiny
-    task's paired test split for tiny runs, else the test split of the run's recipe dataset mixture."""
-    from .evaluation.common import RunInfo
-
-    if data:
-        text = Path(data).read_text()
-        lines = text.splitlines()
-        rows = json.loads(text) if data.endswith(".json") else [json.loads(line) for line in lines if line.strip()]
-    else:
-        run = RunInfo.from_path(run_path)
-        if run.recipe.get("tiny_assets"):
-            from .tiny import ensure_tiny_assets, read_jsonl
-
-            rows = read_jsonl(ensure_tiny_assets(run.recipe["tiny_assets"])["paired_test"])
-        else:
-            from .data import DatasetMixture, load_mixture
-
-            mixture = load_mixture(DatasetMixture.from_dict(run.recipe["dataset_mixture"], source=run.recipe_path),
-                                   target="paired")
-            if "test" not in mixture:
-                raise ValueError(f"{run_path}: the recipe's dataset_mixture has no test split; pass --data FILE")
-            rows = [mixture["test"][i] for i in range(min(max_rows, len(mixture["test"])))]
-    missing = {"prompt", "chosen", "rejected"} - set(rows[0]) if rows else {"rows"}
-    if missing:
-        raise ValueError(f"{data or run_path}: held-out data needs columns prompt, chosen, rejected; "
-                         f"missing {sorted(missing)}")
-    return rows[:max_rows]
-
-
-def figure2(results: list[dict], path: str | Path) -> Path:
-    """Paper Fig. 2 on the tiny task: AOT unpaired by batch size (left) and by penalty (right); win rate
-    vs SFT (top) and the smallest chosen-over-rejected reward quantile gap (bottom), mean and std over
-    seeds, with and without the NLL term. Cells are the ``tiny-batch`` / ``tiny-penalty`` tables' own."""
-    import statistics
-
-    from .tables import cell_values, tiny_table
-
-    metrics = [("win rate vs SFT (%)", "tiny:win_rate_vs_sft"), ("min quantile gap, chosen - rejected rewards",
-                                                                 "tiny:rewards_min_gap")]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), dpi=120)
-    data = {}
-    for col, name in enumerate(("tiny-batch", "tiny-penalty")):
-        table = tiny_table(name)
-        for row_i, (ylabel, key) in enumerate(metrics):
+def draw_grid(data: dict, path: str | Path, *, ylabels: dict[str, str], xlabels: dict[str, str], series: str,
+              log2_x: set[str] = frozenset(), title: str) -> Path:
+    """A grid of panels, one column per ``data`` key (a sweep) and one row per metric of ``ylabels``:
+    ``data[column][metric][variant] = {"x": labels, "mean": [...], "std": [...]}``; each variant is a series
+    (``series.format(variant)``), error bars of one std. A column in ``log2_x`` has numeric x on a log2 axis,
+    the others are grouped bars. Writes the PNG and ``data`` as JSON beside it (same name, ``.json``)."""
+    fig, axes = plt.subplots(len(ylabels), len(data), figsize=(10, 7), dpi=120, squeeze=False)
+    for col, (name, by_metric) in enumerate(data.items()):
+        for row_i, (key, ylabel) in enumerate(ylabels.items()):
             ax = axes[row_i][col]
-            for k, nll in enumerate(dict.fromkeys(r.labels[1] for r in table.rows)):
-                rows = [r for r in table.rows if r.labels[1] == nll]
-                values = [cell_values(results, r, key) for r in rows]
-                xs = [r.labels[0] for r, v in zip(rows, values) if v]
-                mean = [statistics.mean(v) for v in values if v]
-                std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values if v]
-                data.setdefault(name, {}).setdefault(key, {})[nll] = {"x": xs, "mean": mean, "std": std}
+            for k, (variant, d) in enumerate(by_metric[key].items()):
+                xs, mean, std = d["x"], d["mean"], d["std"]
                 if not xs:
                     continue
-                if name == "tiny-batch":
+                if name in log2_x:
                     ax.errorbar([int(x) for x in xs], mean, yerr=std, marker="o", capsize=3,
-                                label=f"AOT unpaired {nll}")
+                                label=series.format(variant))
                     ax.set_xscale("log", base=2)
                     ax.set_xticks([int(x) for x in xs], xs)
                 else:
                     pos = [i + (k - 0.5) * 0.4 for i in range(len(xs))]
-                    ax.bar(pos, mean, width=0.4, yerr=std, capsize=3, label=f"AOT unpaired {nll}")
+                    ax.bar(pos, mean, width=0.4, yerr=std, capsize=3, label=series.format(variant))
                     ax.set_xticks(range(len(xs)), [x.replace("_", " ") for x in xs], fontsize=8)
-            ax.set_xlabel("batch size (same number of samples)" if name == "tiny-batch" else "penalty")
+            ax.set_xlabel(xlabels[name])
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    fig.suptitle("Fig. 2 (tiny task): batch size and penalty, mean ± std over seeds")
+    fig.suptitle(title)
     fig.tight_layout()
     out = _save(fig, path)
     tmp = out.with_suffix(".json.tmp")

@@ -7,7 +7,7 @@ this process (the imports and the tiny assets are paid once), its log going to
 A run with ``run.json``, trained from the same base recipe file and arguments (``reproduce.json``),
 is not retrained, and a result newer than its run is not recomputed, so an interrupted grid
 resumes where it stopped and an edited grid reruns only what the edit changed. At the end: the
-tables (``tables.TINY_TABLES``) and the figures (Fig. 1a/1b per NLL variant, Fig. 2) under
+tables (``tiny.REPRODUCE_TABLES``) and the figures (Fig. 1a/1b per NLL variant, Fig. 2) under
 ``results_dir``.
 """
 
@@ -176,12 +176,14 @@ def evaluate_sft(grid: Grid) -> None:
 def report(grid: Grid) -> dict[str, Path]:
     """The tables and figures from ``results_dir`` (and, for Fig. 1, the seed-0 run folders)."""
     from .evaluation.common import load_results
-    from .plots import figure1, figure2, heldout_rows, run_statistics
-    from .tables import TINY_TABLES, render
+    from .heldout import heldout_rows, run_statistics
+    from .plots import figure1
+    from .tables import render
+    from .tiny import REPRODUCE_TABLES, figure2
 
     results = load_results(grid.results_dir)
     out = {}
-    for number in TINY_TABLES:
+    for number in REPRODUCE_TABLES:
         out[f"table {number}"] = render(number, grid.results_dir, results=results)["md"]
     plots = grid.results_dir / "plots"
     out["fig2"] = figure2(results, plots / "fig2.png")
@@ -246,7 +248,8 @@ def claims_report(results: list[dict], out: Path, *, alpha: float = 0.05, seed: 
     prompts, Holm over the pairs of the rows involved, level alpha) instead of by comparing means."""
     from .dominance import relative_test
     from .evaluation.common import write_text
-    from .tables import NLL_VARIANTS, table_spec
+    from .tables import table_spec
+    from .tiny import NLL_VARIANTS
 
     lines = ["# The paper's claims, judged by the relative dominance test", "",
              ("Per prompt: the program-judged win against the SFT model (100 / 50 / 0), averaged over seeds; "

@@ -34,6 +34,7 @@ from .methods import METHODS
 from .model_utils import check_model_path, load_model, load_tokenizer, weight_files
 from .plots import quantile_plot
 from .recipe import Recipe, parse_recipe
+from .tasks import asset_keys, task_of
 
 
 class RecipeError(ValueError):
@@ -96,9 +97,10 @@ def data_format(dataset, method: str) -> str:
     return "unpaired" if "label" in dataset.column_names and "chosen" not in dataset.column_names else "paired"
 
 
-# Below this many parameters a CPU run uses one intra-op thread: the tiny model's matrix products take
+# Below this many parameters a CPU run uses one intra-op thread: a 1M-parameter model's matrix products take
 # microseconds, so torch's threads gain little and, with any other job on the machine, stall on each other
-# (the tiny SFT stage: ~2.4 min idle, ~19 min beside one other job with 2 threads; README "Threads on CPU").
+# (the offline task's SFT stage: ~2.4 min idle, ~19 min beside one other job with 2 threads; README "Threads on
+# CPU").
 ONE_THREAD_BELOW_PARAMS = 20_000_000
 
 
@@ -150,7 +152,7 @@ def build_trainer(recipe: Recipe, data=None):
 
 
 def summarize(recipe: Recipe, trainer, data, out: Path) -> dict:
-    """Held-out summary: margins/rewards FSD (paper Fig. 1) and, on the tiny task, accuracy.
+    """Held-out summary: margins/rewards FSD (paper Fig. 1) and, for a registered task, its own block.
 
     Called on the main process only (``train``), unless the weights are sharded: then every rank
     takes part in each forward (FSDP/ZeRO-3 gather the layers collectively) and the main one writes."""
@@ -165,14 +167,12 @@ def summarize(recipe: Recipe, trainer, data, out: Path) -> dict:
         reference = load_model(recipe.model, for_reference=True)
         if not _sharded(trainer):  # beside the policy (it would stay on the CPU); ZeRO-3 places its own partitions
             reference = reference.to(trainer.accelerator.device)
-    # Held-out pairs for the Fig. 1 statistics: the test split if paired, else the tiny task's pairs.
-    test, rows = data.get("test"), None
+    # Held-out pairs for the Fig. 1 statistics: the test split if paired, else the task's held-out pairs.
+    test, rows, task = data.get("test"), None, task_of(recipe)
     if test is not None and "chosen" in test.column_names:
         rows = list(test.select(range(min(len(test), 512))))
-    elif recipe.recipe.tiny_assets:
-        from .tiny import ensure_tiny_assets, read_jsonl
-
-        rows = read_jsonl(ensure_tiny_assets(recipe.recipe.tiny_assets)["paired_test"])[:512]
+    elif task is not None:
+        rows = task.heldout_pairs(vars(recipe.recipe))[:512]
     if reference is not None and rows:
         stats = paired_statistics(model, reference, trainer.processing_class, rows, beta=getattr(args, "beta", 0.1))
         summary["heldout"] = {k: v for k, v in stats.items() if not isinstance(v, torch.Tensor)}
@@ -185,13 +185,8 @@ def summarize(recipe: Recipe, trainer, data, out: Path) -> dict:
                     {recipe.method: (stats["policy_margins"], stats["reference_margins"], "policy", "reference")},
                     out / "quantiles_margins.png", title="Held-out chosen-rejected margins (paper Fig. 1b)")),
             }
-    if recipe.recipe.tiny_assets:
-        from .tiny import ensure_tiny_assets, read_jsonl, task_accuracy
-
-        rows = read_jsonl(ensure_tiny_assets(recipe.recipe.tiny_assets)["eval_prompts"])
-        summary["task_accuracy"] = {"aligned": task_accuracy(model, trainer.processing_class, rows)}
-        if isinstance(reference, torch.nn.Module):
-            summary["task_accuracy"]["reference"] = task_accuracy(reference, trainer.processing_class, rows)
+    if task is not None:
+        summary["task_accuracy"] = task.summarize(model, trainer.processing_class, reference, vars(recipe.recipe))
     return summary
 
 
@@ -200,11 +195,12 @@ def summarize(recipe: Recipe, trainer, data, out: Path) -> dict:
 OUTPUT_ONLY_KEYS = ("output_dir", "overwrite_output_dir", "logging_", "save_", "report_to", "run_name", "summary",
                     "disable_tqdm", "push_to_hub", "hub_", "resume_from_checkpoint", "log_level", "log_on_each_node",
                     "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor",
-                    "local_rank", "requires", "tiny_assets", "trackio_", "project", "skip_memory_metrics")
+                    "local_rank", "requires", "trackio_", "project", "skip_memory_metrics")
 
 
 def _output_only(key: str) -> bool:
-    return any(key.startswith(k) if k.endswith("_") else key == k for k in OUTPUT_ONLY_KEYS)
+    """Also a task's assets folder (``aot_handbook.tasks``): where inputs are built, not what they are."""
+    return key in asset_keys() or any(key.startswith(k) if k.endswith("_") else key == k for k in OUTPUT_ONLY_KEYS)
 
 
 def data_fingerprint(dataset) -> str:
@@ -269,7 +265,8 @@ def check_paths(recipe: Recipe) -> None:
     for r in recipe.recipe.requires or []:
         data_dir = pairs_output(r)  # a make pairs recipe: its output folder is an input too
         required[(data_dir or Path(parse_recipe(r).training.output_dir)).resolve()] = r
-    assets = Path(recipe.recipe.tiny_assets).resolve() if recipe.recipe.tiny_assets else None
+    task = task_of(recipe)
+    assets = Path(task.assets_root(vars(recipe.recipe))).resolve() if task else None
     inputs = {"model_name_or_path": recipe.model.model_name_or_path,
               "tokenizer_name_or_path": recipe.recipe.tokenizer_name_or_path}
     for key, name in inputs.items():
@@ -282,7 +279,7 @@ def check_paths(recipe: Recipe) -> None:
         if out == source or source in out.parents:
             raise ValueError(f"{recipe.path}: output_dir '{recipe.training.output_dir}' is the output of the "
                              f"required run {r} or inside it")
-    for key, name in inputs.items():  # a model this call builds first (requires, tiny assets) is not there yet
+    for key, name in inputs.items():  # a model this call builds first (requires, task assets) is not there yet
         source = Path(name).resolve() if name else None
         pending = source in required or (assets is not None and source is not None and assets in source.parents)
         if name and not pending:
@@ -325,13 +322,12 @@ def train(recipe_path: str, overrides: list[str] | None = None) -> Path:
     with recipe_errors():
         recipe = parse_recipe(recipe_path, overrides)  # every key checked before anything loads
         check_paths(recipe)
-    if recipe.recipe.tiny_assets:
-        from .tiny import ensure_tiny_assets
-
+    task = task_of(recipe)
+    if task is not None:
         # Main process first: with several ranks transformers saves a model on rank 0 only, so a rank
         # building the assets too would publish a base model folder without weights.
-        with recipe.training.main_process_first(desc="tiny assets"):
-            ensure_tiny_assets(recipe.recipe.tiny_assets)
+        with recipe.training.main_process_first(desc=f"{task.name} assets"):
+            task.ensure_assets(task.assets_root(vars(recipe.recipe)))
     for required in recipe.recipe.requires or []:
         from .pairs import main as build_data
         from .pairs import pairs_output

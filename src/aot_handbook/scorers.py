@@ -58,6 +58,8 @@ class RewardModel:
     def __init__(self, name: str, *, batch_size: int = 16, dtype: str = "auto"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from .model_utils import ensure_pad_token
+
         if _looks_local(name) and not Path(name).expanduser().is_dir():
             raise FileNotFoundError(f"key 'reward_model': no such folder: {name}")
         try:
@@ -69,8 +71,7 @@ class RewardModel:
         if self.model.config.num_labels != 1:
             raise ValueError(f"key 'reward_model': {name!r} has {self.model.config.num_labels} outputs; "
                              "a reward model has one (num_labels=1)")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        ensure_pad_token(self.tokenizer)
         if self.model.config.pad_token_id is None:  # the classifier reads the last non-pad token
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model.eval().to("cuda" if torch.cuda.is_available() else "cpu")

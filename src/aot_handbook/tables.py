@@ -13,7 +13,7 @@ Layouts (paper, Sec. 5 and App. H):
   7     hard vs soft sort (Merlinite-7B, AOT paired and unpaired)
   8, 9  unpaired datasets HelpSteer and PKU-BeaverTails (AOT unpaired vs KTO), six benchmarks
   10    mean and std over seeds (Merlinite-7B, UltraFeedback)
-  tiny  the offline tiny task: program-judged accuracy and win rate vs SFT, AlpacaEval chain, lm-eval
+  and each registered task's own layouts (:mod:`aot_handbook.tasks`, ``Task.table_names``)
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ from pathlib import Path
 
 from .methods import table_methods
 from .models import BASE_MODELS
+from .tasks import task_for_table, tasks
 
 # The paper's benchmark columns, headed by the lm-eval task and metric behind them (recipes/eval/open_llm_paper.yaml).
 BENCHMARKS = [("ARC-Easy acc", "arc"), ("HellaSwag acc", "hellaswag"), ("MMLU acc", "mmlu"),
               ("TruthfulQA mc1+mc2 mean", "truthfulqa"), ("Winogrande acc", "winogrande"),
               ("GSM8K flexible-extract", "gsm8k")]
 METHODS = table_methods()  # (label, method) in row order: AOT paired, AOT unpaired, DPO, KTO, IPO
-BASE_NAMES = {**{key: m.name for key, m in BASE_MODELS.items()}, "tiny": "tiny SFT"}
+BASE_NAMES = {key: m.name for key, m in BASE_MODELS.items()}
 BASE_METHODS = ("base", "sft")  # the base row: the SFT'd model every method started from
 
 
@@ -99,72 +100,11 @@ def table_spec(number: str | int, alpaca_metric: str = "lc_win_rate") -> Table:
         return Table(n, "Mean and std over seeds (Merlinite-7B, UltraFeedback)", ("Method",),
                      [llama, gpt4, *BENCHMARKS],
                      _method_rows("merlinite-7b", "ultrafeedback", base_row=False), std=True)
-    if n == "tiny":
-        rows = [Row((label,), {"method": m, "base_model": "tiny"}) for label, m in METHODS]
-        rows += [Row(("NLL control",), {"method": "sft", "base_model": "tiny", "recipe_name": "nll_control"}),
-                 Row(("SFT",), {"method": "sft", "base_model": "tiny", "recipe_name": "sft"})]
-        cols = [("Accuracy", "tiny:accuracy"), ("Carry", "tiny:carry"), ("No carry", "tiny:no_carry"),
-                ("Win rate vs SFT (program)", "tiny:win_rate_vs_sft"), _alpaca("program", "win_rate"),
-                ("lm-eval MC", "tiny_mc"), ("lm-eval gen", "tiny_gen")]
-        return Table(n, "Tiny offline task (2-digit addition), judged by program", ("Method",), cols, rows)
-    if n in TINY_TABLES:
-        return tiny_table(n)
-    raise ValueError(f"TABLE={number!r}: the paper's tables are 1-10, 'tiny', or the reproduce-tiny layouts "
-                     f"{sorted(TINY_TABLES)}")
-
-
-# ---- make reproduce-tiny: the paper's layouts on the tiny task (recipes/tiny/reproduce.yaml) ----------
-TINY_TABLES = ("tiny1", "tiny7", "tiny10", "tiny-batch", "tiny-penalty")
-NLL_VARIANTS = (("+ NLL", 1.0), ("no NLL", 0.0))
-TINY_DEFAULTS = {"base_model": "tiny", "batch_size": 64}  # the grid's shared settings
-AOT_DEFAULTS = {"sort": "hard", "penalty": "logistic"}
-WIN = ("Win rate vs SFT", "tiny:win_rate_vs_sft")
-ACC = ("Accuracy", "tiny:accuracy")
-FIG1 = [("Reward acc.", "tiny:reward_accuracy"), ("FSD viol. rewards", "tiny:rewards_fsd_violation"),
-        ("Min gap rewards", "tiny:rewards_min_gap", {"digits": 3}),
-        ("FSD viol. margins", "tiny:margins_fsd_violation"),
-        ("Min gap margins", "tiny:margins_min_gap", {"digits": 2})]
-
-
-def _tiny_row(label: str, method: str, nll: tuple[str, float], **where) -> Row:
-    base = {**TINY_DEFAULTS, **(AOT_DEFAULTS if method.startswith("aot") else {})}
-    return Row((label, nll[0]), {**base, "method": method, "nll_weight": nll[1], **where})
-
-
-def tiny_table(n: str) -> Table:
-    control = [Row(("NLL control", "NLL only"), {**TINY_DEFAULTS, "method": "sft", "recipe_name": "nll_control"}),
-               Row(("SFT (start)", "-"), {"base_model": "tiny", "method": "sft", "recipe_name": "sft"})]
-    if n == "tiny1":  # paper Table 1: methods x metrics, mean +- std over seeds
-        rows = [_tiny_row(label, m, nll) for nll in NLL_VARIANTS for label, m in METHODS] + control
-        return Table(n, "Tiny task: every method from the same SFT model, with and without the NLL term "
-                        "(mean ± std over seeds; Fig. 1 statistics on held-out pairs)",
-                     ("Method", "NLL"), [WIN, ACC, ("Carry", "tiny:carry"), ("No carry", "tiny:no_carry"), *FIG1],
-                     rows, std=True)
-    if n == "tiny7":  # paper Table 7: hard vs soft sort
-        rows = [_tiny_row(label, m, nll, sort=sort) for nll in NLL_VARIANTS for label, m in METHODS[:2]
-                for sort in ("hard", "soft")]
-        for row in rows:
-            row.labels = (*row.labels, row.where["sort"].capitalize())
-        return Table(n, "Tiny task: hard vs soft (Sinkhorn) sort, mean ± std over seeds", ("Method", "NLL", "Sort"),
-                     [WIN, ACC, *FIG1], rows, std=True)
-    if n == "tiny10":  # paper Table 10: spread over seeds
-        seeds = [(f"WR seed {s}", WIN[1], {"where": {"seed": s}, "std": False}) for s in (0, 1, 2)]
-        rows = [_tiny_row(label, m, nll) for nll in NLL_VARIANTS for label, m in METHODS] + control
-        return Table(n, "Tiny task: win rate vs SFT per training seed, and mean ± std", ("Method", "NLL"),
-                     [*seeds, ("WR mean ± std", WIN[1]), ("Accuracy mean ± std", ACC[1])], rows, std=True)
-    if n == "tiny-batch":  # paper Fig. 2 (left), as a table
-        rows = [Row((str(bs), nll[0]), {**TINY_DEFAULTS, **AOT_DEFAULTS, "method": "aot_unpaired",
-                                         "nll_weight": nll[1], "batch_size": bs})
-                for nll in NLL_VARIANTS for bs in (16, 32, 64, 128)]
-        return Table(n, "Tiny task: AOT unpaired by batch size, same number of samples (mean ± std over seeds)",
-                     ("Batch size", "NLL"), [WIN, ACC, *FIG1], rows, std=True)
-    if n == "tiny-penalty":  # paper Fig. 2 (right), as a table
-        rows = [Row((p, nll[0]), {**TINY_DEFAULTS, **AOT_DEFAULTS, "method": "aot_unpaired", "nll_weight": nll[1],
-                                   "penalty": p})
-                for nll in NLL_VARIANTS for p in ("logistic", "hinge", "squared_hinge", "least_squares")]
-        return Table(n, "Tiny task: AOT unpaired by penalty (mean ± std over seeds)", ("Penalty", "NLL"),
-                     [WIN, ACC, *FIG1], rows, std=True)
-    raise ValueError(f"unknown tiny table {n!r}")
+    task = task_for_table(n)
+    if task is not None:
+        return task.table(n)
+    raise ValueError(f"TABLE={number!r}: the paper's tables are 1-10, or a task's layouts "
+                     f"{sorted(name for t in tasks() for name in t.table_names)}")
 
 
 def _matches(run: dict, where: dict) -> bool:
@@ -194,8 +134,8 @@ def current_results(results: list[dict]) -> tuple[list[dict], list[str]]:
 def cell_values(results: list[dict], row: Row, key: str, where: dict | None = None, *,
                 with_results: bool = False) -> list[float]:
     where = {**row.where, **(where or {})}
-    if where.get("base_model") == "tiny":  # a tiny recipe copied onto other data is not the tiny task
-        where.setdefault("dataset", "tiny")
+    if where.get("base_model") in {t.name for t in tasks()}:  # a task recipe copied onto other data: not the task
+        where.setdefault("dataset", where["base_model"])
     found = [r for r in results if _matches(r["run"], where) and r["scores"].get(key) is not None]
     for k, v in row.prefer.items():  # e.g. several sort variants: the paper's default one
         preferred = [r for r in found if r["run"].get(k) == v]

@@ -7,6 +7,10 @@ something to fix, and a program can judge every answer.
 
 Answers are zero-padded to 3 digits, so chosen and rejected answers differ in digits
 only, never in length (with ``85`` / ``101``, preference training learned to stop early).
+
+The run driver, the evaluation pipeline, the plots and the tables reach this module only through the task
+interface (:mod:`aot_handbook.tasks`): :class:`TinyTask` is registered as ``tiny`` (recipe key ``tiny_assets``,
+evaluation kind ``tiny_task``, tables ``tiny``, ``tiny1``, ``tiny7``, ``tiny10``, ``tiny-batch``, ``tiny-penalty``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from .tasks import Task, register_task
 
 TASK_VERSION = 2  # bump when the task or the assets change, so stale caches are not reused
 FLAW_RATE = 0.6
@@ -220,24 +226,22 @@ def read_jsonl(path: str | Path) -> list[dict]:
 # ---------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, batch_size: int = 256, max_new_tokens: int = 5,
              do_sample: bool = False, temperature: float = 1.0) -> list[str]:
-    """Completions (special tokens stripped), decoded from left-padded batches."""
-    was_training, side = model.training, tokenizer.padding_side
+    """Completions (special tokens stripped), in batches of ``batch_size`` prompts, through the package's one
+    generation loop (:func:`aot_handbook.evaluation.generation.hf_generate`); the model's train mode is restored."""
+    from .evaluation.generation import build_prompt_ids, hf_generate
+
+    was_training = model.training
     model.eval()
-    tokenizer.padding_side = "left"
     out = []
     try:
-        for i in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True).to(model.device)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                 temperature=temperature if do_sample else None, top_p=None, top_k=None,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        ids = build_prompt_ids(tokenizer, prompts)
+        for i in range(0, len(ids), batch_size):
+            out += hf_generate(model, tokenizer, ids[i:i + batch_size], max_new_tokens=max_new_tokens,
+                               do_sample=do_sample, temperature=temperature)
     finally:
         model.train(was_training)
-        tokenizer.padding_side = side
     return out
 
 
@@ -267,6 +271,195 @@ def on_policy_pairs(model, tokenizer, rows: list[dict], *, k: int = 4, seed: int
             for i, text in zip(todo, samples):
                 wrong[i] = None if judge(prompts[i], text) else text.strip()
     return [{**r, "rejected": w if w is not None else r["rejected"]} for r, w in zip(rows, wrong)]
+
+
+# ---------------------------------------------------------------- the task interface (aot_handbook.tasks)
+
+
+def program_scores(mine: list[dict], theirs: list[dict], *, judge=judge, has_carry=has_carry) -> tuple[dict, dict]:
+    """Accuracy (overall, carry, no-carry) and the program-judged win rate of ``mine`` over ``theirs``."""
+    ref = {r["instruction"]: r["output"] for r in theirs}
+    wins = ties = losses = 0
+    ok, carry, no_carry, samples = [], [], [], []
+    for r in mine:
+        a = judge(r["instruction"], r["output"])
+        b = judge(r["instruction"], ref[r["instruction"]])
+        wins, ties, losses = wins + (a and not b), ties + (a == b), losses + (b and not a)
+        ok.append(a)
+        (carry if has_carry(r["instruction"]) else no_carry).append(a)
+        # per prompt, in the units of the scores (their mean over prompts is the score); the
+        # program judge's preference over the SFT answer is the tiny task's per-prompt reward
+        c = has_carry(r["instruction"])
+        samples.append({"id": r["instruction"], "tiny:accuracy": 100.0 * a, "tiny:carry": 100.0 * a if c else None,
+                        "tiny:no_carry": None if c else 100.0 * a,
+                        "tiny:win_rate_vs_sft": 100.0 if a and not b else 50.0 if a == b else 0.0,
+                        "length": len(r["output"])})
+    n = len(mine)
+    pct = lambda xs: 100.0 * sum(xs) / len(xs) if xs else None  # noqa: E731
+    scores = {"tiny:accuracy": pct(ok), "tiny:carry": pct(carry), "tiny:no_carry": pct(no_carry),
+              "tiny:win_rate_vs_sft": 100.0 * (wins + 0.5 * ties) / n}
+    return scores, {"n": n, "wins": wins, "ties": ties, "losses": losses,
+                    "reference_accuracy": pct([judge(r["instruction"], r["output"]) for r in theirs]),
+                    "samples": samples}
+
+
+# make reproduce-tiny's layouts (recipes/tiny/reproduce.yaml): the paper's tables on the tiny task
+REPRODUCE_TABLES = ("tiny1", "tiny7", "tiny10", "tiny-batch", "tiny-penalty")
+NLL_VARIANTS = (("+ NLL", 1.0), ("no NLL", 0.0))
+TABLE_DEFAULTS = {"base_model": "tiny", "batch_size": 64}  # the grid's shared settings
+AOT_DEFAULTS = {"sort": "hard", "penalty": "logistic"}
+WIN = ("Win rate vs SFT", "tiny:win_rate_vs_sft")
+ACC = ("Accuracy", "tiny:accuracy")
+FIG1 = [("Reward acc.", "tiny:reward_accuracy"), ("FSD viol. rewards", "tiny:rewards_fsd_violation"),
+        ("Min gap rewards", "tiny:rewards_min_gap", {"digits": 3}),
+        ("FSD viol. margins", "tiny:margins_fsd_violation"),
+        ("Min gap margins", "tiny:margins_min_gap", {"digits": 2})]
+
+
+def table(n: str):
+    """The tiny task's table layouts: ``tiny`` (the evaluation chain) and :data:`REPRODUCE_TABLES`."""
+    from .tables import METHODS, Row, Table, _alpaca
+
+    def row(label: str, method: str, nll: tuple[str, float], **where) -> Row:
+        base = {**TABLE_DEFAULTS, **(AOT_DEFAULTS if method.startswith("aot") else {})}
+        return Row((label, nll[0]), {**base, "method": method, "nll_weight": nll[1], **where})
+
+    if n == "tiny":
+        rows = [Row((label,), {"method": m, "base_model": "tiny"}) for label, m in METHODS]
+        rows += [Row(("NLL control",), {"method": "sft", "base_model": "tiny", "recipe_name": "nll_control"}),
+                 Row(("SFT",), {"method": "sft", "base_model": "tiny", "recipe_name": "sft"})]
+        cols = [("Accuracy", "tiny:accuracy"), ("Carry", "tiny:carry"), ("No carry", "tiny:no_carry"),
+                ("Win rate vs SFT (program)", "tiny:win_rate_vs_sft"), _alpaca("program", "win_rate"),
+                ("lm-eval MC", "tiny_mc"), ("lm-eval gen", "tiny_gen")]
+        return Table(n, "Tiny offline task (2-digit addition), judged by program", ("Method",), cols, rows)
+    control = [Row(("NLL control", "NLL only"), {**TABLE_DEFAULTS, "method": "sft", "recipe_name": "nll_control"}),
+               Row(("SFT (start)", "-"), {"base_model": "tiny", "method": "sft", "recipe_name": "sft"})]
+    if n == "tiny1":  # paper Table 1: methods x metrics, mean +- std over seeds
+        rows = [row(label, m, nll) for nll in NLL_VARIANTS for label, m in METHODS] + control
+        return Table(n, "Tiny task: every method from the same SFT model, with and without the NLL term "
+                        "(mean ± std over seeds; Fig. 1 statistics on held-out pairs)",
+                     ("Method", "NLL"), [WIN, ACC, ("Carry", "tiny:carry"), ("No carry", "tiny:no_carry"), *FIG1],
+                     rows, std=True)
+    if n == "tiny7":  # paper Table 7: hard vs soft sort
+        rows = [row(label, m, nll, sort=sort) for nll in NLL_VARIANTS for label, m in METHODS[:2]
+                for sort in ("hard", "soft")]
+        for r in rows:
+            r.labels = (*r.labels, r.where["sort"].capitalize())
+        return Table(n, "Tiny task: hard vs soft (Sinkhorn) sort, mean ± std over seeds", ("Method", "NLL", "Sort"),
+                     [WIN, ACC, *FIG1], rows, std=True)
+    if n == "tiny10":  # paper Table 10: spread over seeds
+        seeds = [(f"WR seed {s}", WIN[1], {"where": {"seed": s}, "std": False}) for s in (0, 1, 2)]
+        rows = [row(label, m, nll) for nll in NLL_VARIANTS for label, m in METHODS] + control
+        return Table(n, "Tiny task: win rate vs SFT per training seed, and mean ± std", ("Method", "NLL"),
+                     [*seeds, ("WR mean ± std", WIN[1]), ("Accuracy mean ± std", ACC[1])], rows, std=True)
+    if n == "tiny-batch":  # paper Fig. 2 (left), as a table
+        rows = [Row((str(bs), nll[0]), {**TABLE_DEFAULTS, **AOT_DEFAULTS, "method": "aot_unpaired",
+                                         "nll_weight": nll[1], "batch_size": bs})
+                for nll in NLL_VARIANTS for bs in (16, 32, 64, 128)]
+        return Table(n, "Tiny task: AOT unpaired by batch size, same number of samples (mean ± std over seeds)",
+                     ("Batch size", "NLL"), [WIN, ACC, *FIG1], rows, std=True)
+    if n == "tiny-penalty":  # paper Fig. 2 (right), as a table
+        rows = [Row((p, nll[0]), {**TABLE_DEFAULTS, **AOT_DEFAULTS, "method": "aot_unpaired", "nll_weight": nll[1],
+                                   "penalty": p})
+                for nll in NLL_VARIANTS for p in ("logistic", "hinge", "squared_hinge", "least_squares")]
+        return Table(n, "Tiny task: AOT unpaired by penalty (mean ± std over seeds)", ("Penalty", "NLL"),
+                     [WIN, ACC, *FIG1], rows, std=True)
+    raise ValueError(f"unknown tiny table {n!r}")
+
+
+def figure2(results: list[dict], path: str | Path) -> Path:
+    """Paper Fig. 2 on the tiny task: AOT unpaired by batch size (left) and by penalty (right); win rate
+    vs SFT (top) and the smallest chosen-over-rejected reward quantile gap (bottom), mean and std over
+    seeds, with and without the NLL term. Cells are the ``tiny-batch`` / ``tiny-penalty`` tables' own."""
+    import statistics
+
+    from .plots import draw_grid
+    from .tables import cell_values
+
+    metrics = {"tiny:win_rate_vs_sft": "win rate vs SFT (%)",
+               "tiny:rewards_min_gap": "min quantile gap, chosen - rejected rewards"}
+    data = {}
+    for name in ("tiny-batch", "tiny-penalty"):
+        rows_of = table(name).rows
+        for key in metrics:
+            for nll in dict.fromkeys(r.labels[1] for r in rows_of):
+                rows = [r for r in rows_of if r.labels[1] == nll]
+                values = [cell_values(results, r, key) for r in rows]
+                data.setdefault(name, {}).setdefault(key, {})[nll] = {
+                    "x": [r.labels[0] for r, v in zip(rows, values) if v],
+                    "mean": [statistics.mean(v) for v in values if v],
+                    "std": [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values if v]}
+    return draw_grid(data, path, ylabels=metrics, series="AOT unpaired {}", log2_x={"tiny-batch"},
+                     xlabels={"tiny-batch": "batch size (same number of samples)", "tiny-penalty": "penalty"},
+                     title="Fig. 2 (tiny task): batch size and penalty, mean ± std over seeds")
+
+
+class TinyTask(Task):
+    """The tiny task through the task interface (:mod:`aot_handbook.tasks`)."""
+
+    name, assets_key, eval_kind = "tiny", "tiny_assets", "tiny_task"
+    table_names = ("tiny", *REPRODUCE_TABLES)
+    EVAL_KEYS = {"split", "limit", "max_new_tokens", "batch_size", "reference", "tiny_assets", "heldout_pairs"}
+
+    def ensure_assets(self, root):
+        return ensure_tiny_assets(root)
+
+    def heldout_pairs(self, recipe):
+        return read_jsonl(ensure_tiny_assets(self.assets_root(recipe))["paired_test"])
+
+    def summarize(self, model, tokenizer, reference, recipe):
+        rows = read_jsonl(ensure_tiny_assets(self.assets_root(recipe))["eval_prompts"])
+        out = {"aligned": task_accuracy(model, tokenizer, rows)}
+        if isinstance(reference, torch.nn.Module):
+            out["reference"] = task_accuracy(reference, tokenizer, rows)
+        return out
+
+    def evaluate(self, run, recipe, work):
+        """Greedy accuracy judged by program, the win rate against the run it started from (per prompt: right
+        where that one is wrong = win, equal = tie), and the Fig. 1 statistics on the held-out pairs."""
+        from .evaluation.common import RunInfo, sha256
+        from .evaluation.generation import generate_outputs
+        from .evaluation.pipeline import _sft_of
+        from .heldout import heldout_rows, heldout_scores
+
+        cfg = recipe.get(self.eval_kind) or {}
+        if set(cfg) - self.EVAL_KEYS:
+            raise ValueError(f"{recipe['_path']}: unknown key(s) in {self.eval_kind!r}: "
+                             f"{sorted(set(cfg) - self.EVAL_KEYS)} (known: {sorted(self.EVAL_KEYS)})")
+        assets = ensure_tiny_assets(cfg.get("tiny_assets", run.recipe.get("tiny_assets") or ".cache/tiny"))
+        split = cfg.get("split", "eval_prompts")
+        gen = dict(instructions=str(assets[split]), limit=cfg.get("limit"),
+                   max_new_tokens=cfg.get("max_new_tokens", 5), batch_size=cfg.get("batch_size", 256),
+                   backend="hf", strip=False)
+        reference_run = cfg.get("reference") or _sft_of(run)
+        mine = json.loads(generate_outputs(run.model, work / "model_outputs.json", adapter=run.adapter,
+                                           generator=run.name, **gen).read_text())
+        ref_info = RunInfo.from_path(reference_run)
+        # Cached per reference (and per training of it), so a changed or retrained reference is regenerated.
+        ref_done = Path(reference_run) / "run.json"
+        ref_tag = f"{ref_info.name}-{sha256(ref_done)[:12] if ref_done.is_file() else 'model'}"
+        theirs = json.loads(generate_outputs(ref_info.model, work / f"reference_outputs--{ref_tag}.json",
+                                             adapter=ref_info.adapter, generator=ref_info.name, **gen).read_text())
+        scores, details = program_scores(mine, theirs)
+        details.update(reference=reference_run, split=str(assets[split]))
+        if _sft_of(run) != run.path:  # paper Fig. 1 statistics on held-out pairs, against the SFT run it started from
+            rows = heldout_rows(run.path, max_rows=cfg.get("heldout_pairs", 512))
+            scores.update(heldout_scores(run.path, rows, prefix="tiny:"))
+        return scores, details, {"label": "program", "description": "aot_handbook.tiny.judge (exact sum)"}
+
+    def lm_eval_include(self, cfg, work):
+        if not cfg.pop("tiny_tasks", False):
+            return None
+        from .evaluation.harness import write_tiny_tasks
+
+        rows = read_jsonl(ensure_tiny_assets(cfg.pop("tiny_assets", ".cache/tiny"))["eval_prompts"])
+        return str(write_tiny_tasks(work / "tasks", rows[: cfg.pop("tiny_rows", len(rows))]))
+
+    def table(self, name):
+        return table(name)
+
+
+register_task(TinyTask())
 
 
 def main(argv=None):

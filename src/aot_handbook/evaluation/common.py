@@ -23,6 +23,7 @@ import yaml
 
 from ..methods import METHODS
 from ..models import BASE_MODELS, model_key
+from ..tasks import task_of, tasks
 
 RESULTS_DIR = Path("results")
 PACKAGES = ("aot-handbook", "torch", "transformers", "trl", "peft", "datasets", "alpaca-eval", "lm-eval", "vllm")
@@ -129,11 +130,12 @@ class RunInfo:
             model = json.loads((run / "adapter_config.json").read_text()).get("base_model_name_or_path") or start
         method = recipe.get("method", "unknown")
         entry = METHODS.get(method)
+        task = task_of(recipe)
         aot = bool(entry and entry.aot)
         return cls(
             path=path_s, name=run.name, method=method, model=model, adapter=adapter,
             reference=start or None,
-            base_model="tiny" if recipe.get("tiny_assets") else base_model_key(start) if start else "unknown",
+            base_model=task.name if task else base_model_key(start) if start else "unknown",
             dataset=_dataset_key(recipe), data_format=recipe.get("data_format"),
             sort=recipe.get("aot_sort", "hard") if aot else None,
             penalty=recipe.get("aot_penalty", "logistic") if aot else None,
@@ -182,12 +184,9 @@ def _data_files(recipe: dict) -> list[str]:
 
 
 def _dataset_key(recipe: dict) -> str | None:
-    assets = recipe.get("tiny_assets")
-    entries = (recipe.get("dataset_mixture") or {}).get("datasets") or []
-    inside = lambda f: Path(os.path.normpath(f)).is_relative_to(os.path.normpath(assets))  # noqa: E731
-    if assets and all(isinstance(d, dict) and not d.get("path") for d in entries) \
-            and all(inside(f) for f in _data_files(recipe)):
-        return "tiny"  # only the tiny task's own data: a copied tiny recipe on other data is not the tiny task
+    task = task_of(recipe)
+    if task is not None and task.owns_data(recipe):
+        return task.name  # only the task's own data: a copied task recipe on other data is not the task
     text = json.dumps(recipe.get("dataset_mixture") or {}).lower()
     for needle, key in DATASETS:
         if needle in text:
@@ -203,7 +202,7 @@ def load_eval_recipe(path: str | Path) -> dict:
     if not isinstance(recipe, dict):
         raise ValueError(f"{path}: an evaluation recipe is a mapping")
     recipe.setdefault("name", path.stem)
-    kinds = ("alpaca_eval", "lm_eval", "tiny_task")
+    kinds = ("alpaca_eval", "lm_eval", *(t.eval_kind for t in tasks()))
     if recipe.get("kind") not in kinds:
         raise ValueError(f"{path}: key 'kind' must be one of {kinds}, got {recipe.get('kind')!r}")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(recipe["name"])):

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..model_utils import ensure_pad_token
 from .common import write_json
 
 logger = logging.getLogger(__name__)
@@ -120,9 +121,7 @@ def load_tokenizer(model: str, adapter: str | None = None, chat_template: str | 
     tokenizer = AutoTokenizer.from_pretrained(adapter or model)
     if chat_template:
         tokenizer.chat_template = chat_template
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return ensure_pad_token(tokenizer)
 
 
 def load_model_and_tokenizer(model: str, adapter: str | None = None, *, dtype: str = "auto",
@@ -142,12 +141,19 @@ def load_model_and_tokenizer(model: str, adapter: str | None = None, *, dtype: s
 
 
 @torch.no_grad()
-def _hf_generate(lm, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int, do_sample: bool,
-                 temperature: float, top_p: float) -> list[str]:
-    """Completions of one batch of prompts (token ids), left-padded; stops at :func:`stop_token_ids`."""
+def hf_generate(lm, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int, do_sample: bool = False,
+                temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
+                num_return_sequences: int = 1) -> list[str]:
+    """The package's one batched ``generate`` (evaluation, ``make pairs`` sampling, the tiny task): one batch of
+    prompts (token ids, :func:`build_prompt_ids`), left-padded, stopping at :func:`stop_token_ids`; the completions
+    decoded without special tokens, ``num_return_sequences`` per prompt, prompt by prompt. Greedy unless
+    ``do_sample``; ``top_k`` None keeps the model's generation config (0: temperature and top-p only)."""
     enc = hf_inputs(tokenizer, prompt_ids).to(lm.device)
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)
-    gen = lm.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+    if do_sample and top_k is not None:
+        sampling["top_k"] = top_k
+    gen = lm.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences,
+                      pad_token_id=tokenizer.pad_token_id,
                       eos_token_id=stop_token_ids(tokenizer, lm.generation_config.eos_token_id), **sampling)
     return tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
@@ -202,7 +208,7 @@ def _generate_hf(model, adapter, rows, *, max_new_tokens, batch_size, do_sample,
     with tqdm(total=len(rows), desc="generate", unit="instr") as bar:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            texts = _hf_generate(lm, tokenizer, [prompt_ids[i] for i in idx], max_new_tokens=max_new_tokens,
+            texts = hf_generate(lm, tokenizer, [prompt_ids[i] for i in idx], max_new_tokens=max_new_tokens,
                                  do_sample=do_sample, temperature=temperature, top_p=top_p)
             for i, text in zip(idx, texts):
                 yield rows[i], text
