@@ -105,7 +105,7 @@ plot: $(STAMP)
 
 # Benchmarks (BENCHMARKS.md): QUICK=1 for the ~30 s smoke run; ARGS="--only cache,loss --json out.json"
 bench: $(STAMP)
-	$(OFFLINE) "$(PY)" scripts/bench.py $(if $(QUICK),--quick) $(ARGS)
+	$(OFFLINE) "$(PY)" benchmarks/bench.py $(if $(QUICK),--quick) $(ARGS)
 
 # The paper's claims on the tiny task, offline (recipes/tiny/reproduce.yaml -> results/reproduce-tiny/{tables,plots}).
 # Resumable: finished runs and evaluations are skipped. QUICK=1: one seed, 3 steps a run (smoke test).

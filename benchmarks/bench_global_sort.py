@@ -6,8 +6,8 @@ drift and machine load hit both modes alike), and the table reports the median o
 timed steps of each mode. Also timed: the AOT objective alone (gather + sort + loss, forward)
 and a bare ``gather_with_grad`` of u and v plus its backward.
 
-    python scripts/bench_global_sort.py                # re-launches itself under torchrun, 2 processes
-    python scripts/bench_global_sort.py --nproc 3 --batch 32 --steps 30
+    python benchmarks/bench_global_sort.py                # re-launches itself under torchrun, 2 processes
+    python benchmarks/bench_global_sort.py --nproc 3 --batch 32 --steps 30
 
 Numbers on a loaded 2-core CPU machine are noisy: read the IQR column.
 """
