@@ -195,7 +195,11 @@ def compare(runs: list[str], *, eval_name: str | None = None, metrics: list[str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description="Which run is better, and how sure: rank runs by the relative dominance "
+                                "test on their per-sample scores (docs/DOMINANCE.md).",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="example:\n  aot-compare runs/a runs/b runs/c --eval recipes/eval/tiny.yaml "
+                                       "--metrics tiny:accuracy")
     p.add_argument("runs", nargs="+", help="run folders (or their names under results/)")
     p.add_argument("--eval", default=None, help="evaluation recipe (recipes/eval/*.yaml) or its name; "
                                                 "default: the one evaluation all runs share")

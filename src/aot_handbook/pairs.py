@@ -1,6 +1,6 @@
 """On-policy preference data: sample k answers per prompt from a model, score them, write training data.
 
-    python scripts/pairs.py recipes/tiny/pairs.yaml [--key value ...]      (make pairs RECIPE=...)
+    aot-pairs recipes/tiny/pairs.yaml [--key value ...]      (make pairs RECIPE=...)
 
 A pairs recipe (keys: ``PairsConfig``) names the model (a folder, a hub id, or a run folder, LoRA adapters
 included), a prompt file, the sampling settings and a scorer (``aot_handbook.scorers``). The output folder
