@@ -63,6 +63,7 @@ def _worker(args):
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     from aot_handbook.configs import AOTConfig
+    from aot_handbook.io import read_jsonl
     from aot_handbook.tiny import ensure_tiny_assets
     from aot_handbook.trainer import AOTTrainer, gather_with_grad
 
@@ -75,10 +76,7 @@ def _worker(args):
     dist.barrier()
     tiny = ensure_tiny_assets(root)
 
-    import json
-
-    with open(tiny["paired_train"]) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_jsonl(tiny["paired_train"])
     n_steps = args.warmup + 2 * args.steps
     # The mode of each step: warm-up alternates too; then blocks "on off" / "off on" in turn.
     modes = [i % 2 == 0 for i in range(args.warmup)]

@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .diagnostics import fsd_diagnostics, quantile_curves  # noqa: E402
+from .io import atomic_path, read_jsonl, write_text  # noqa: E402
 
 
 def draw_quantiles(curves: dict, *, title: str, xlabel: str = "quantile level t"):
@@ -41,13 +42,10 @@ def draw_quantiles(curves: dict, *, title: str, xlabel: str = "quantile level t"
 
 
 def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:  # never a truncated PNG under the final name
+        fig.savefig(tmp)
     plt.close(fig)
-    tmp.replace(path)  # never a truncated PNG under the final name
-    return path
+    return Path(path)
 
 
 def quantile_plot(curves: dict, path: str | Path, *, title: str, xlabel: str = "quantile level t") -> Path:
@@ -72,9 +70,7 @@ def figure1(stats: dict, out_dir: str | Path, *, prefix: str = "fig1") -> dict[s
     for panel, (curves, title) in panels.items():
         fig, data = draw_quantiles(curves, title=title)
         paths[panel] = _save(fig, out_dir / f"{prefix}{panel}.png")
-        tmp = out_dir / f".{prefix}{panel}.json.tmp"
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(out_dir / f"{prefix}{panel}.json")
+        write_text(out_dir / f"{prefix}{panel}.json", json.dumps(data, indent=1))
     return paths
 
 
@@ -113,13 +109,11 @@ def heldout_rows(run_path: str, data: str | None = None, *, max_rows: int = 512)
     from .evaluation.common import RunInfo
 
     if data:
-        text = Path(data).read_text()
-        lines = text.splitlines()
-        rows = json.loads(text) if data.endswith(".json") else [json.loads(line) for line in lines if line.strip()]
+        rows = json.loads(Path(data).read_text()) if data.endswith(".json") else read_jsonl(data)
     else:
         run = RunInfo.from_path(run_path)
         if run.recipe.get("tiny_assets"):
-            from .tiny import ensure_tiny_assets, read_jsonl
+            from .tiny import ensure_tiny_assets
 
             rows = read_jsonl(ensure_tiny_assets(run.recipe["tiny_assets"])["paired_test"])
         else:
@@ -178,7 +172,5 @@ def figure2(results: list[dict], path: str | Path) -> Path:
     fig.suptitle("Fig. 2 (tiny task): batch size and penalty, mean ± std over seeds")
     fig.tight_layout()
     out = _save(fig, path)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(out.with_suffix(".json"))
+    write_text(out.with_suffix(".json"), json.dumps(data, indent=1))
     return out

@@ -132,7 +132,8 @@ def run_grid(grid: Grid, *, only: str | None = None) -> list[str]:
     from tqdm.auto import tqdm
 
     from .evaluation.pipeline import evaluate
-    from .run import train, write_json
+    from .io import write_json
+    from .run import train
 
     runs = [r for r in grid.runs if only is None or only in r.name]
     failed = []
@@ -245,7 +246,7 @@ def claims_report(results: list[dict], out: Path, *, alpha: float = 0.05, seed: 
     """``claims.md``: each "A beats B" claim judged by the relative dominance test (paired over
     prompts, Holm over the pairs of the rows involved, level alpha) instead of by comparing means."""
     from .dominance import relative_test
-    from .evaluation.common import write_text
+    from .io import write_text
     from .tables import NLL_VARIANTS, table_spec
 
     lines = ["# The paper's claims, judged by the relative dominance test", "",

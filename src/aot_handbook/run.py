@@ -29,6 +29,7 @@ from trl import SFTTrainer, get_peft_config
 from .configs import METHODS, AOTUnpairedConfig, Recipe, parse_recipe
 from .data import DatasetMixture, load_mixture
 from .heldout import paired_statistics
+from .io import write_json
 from .model_utils import check_model_path, load_model, load_tokenizer, weight_files
 from .plots import quantile_plot
 from .trainer import AOTTrainer, HandbookDPOTrainer, HandbookKTOTrainer, UnpairedAOTTrainer
@@ -47,13 +48,6 @@ def recipe_errors():
         raise
     except (ValueError, FileNotFoundError) as err:
         raise RecipeError(str(err)) from err
-
-
-def write_json(path: Path, data) -> None:
-    """Write then rename: a killed process leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
 
 
 def last_complete_checkpoint(output_dir: Path) -> str | None:
