@@ -203,7 +203,7 @@ def _build_trainer(side: str, loss_type: str, steps: int, batch: int, seed: int,
     from trl import DPOConfig, DPOTrainer
 
     from aot_handbook.configs import AOTConfig
-    from aot_handbook.trainer import AOTTrainer
+    from aot_handbook.trainers import AOTTrainer
 
     if shape == "realistic":
         tokenizer, data, model = realistic_assets(steps * batch, seed)

@@ -65,7 +65,7 @@ def _worker(args):
     from aot_handbook.configs import AOTConfig
     from aot_handbook.io import read_jsonl
     from aot_handbook.tiny import ensure_tiny_assets
-    from aot_handbook.trainer import AOTTrainer, gather_with_grad
+    from aot_handbook.trainers import AOTTrainer, gather_with_grad
 
     torch.set_num_threads(args.threads)
     root = args.tiny_root or os.path.join(tempfile.gettempdir(), "aot_bench_tiny")

@@ -101,7 +101,7 @@ def test_only_errors_before_training_are_recipe_errors(tiny, tmp_path, monkeypat
     """A ValueError from inside training is not reported as a bad recipe (aot-train would have
     cut it to one line); bad data found while building the trainer is."""
     from aot_handbook.run import RecipeError
-    from aot_handbook.trainer import AOTTrainer
+    from aot_handbook.trainers import AOTTrainer
 
     missing = {"datasets": [{"data_files": {"train": str(tmp_path / "missing.jsonl")}, "test_split": None}]}
     with pytest.raises(RecipeError, match="missing.jsonl"):

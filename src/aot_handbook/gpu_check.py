@@ -126,7 +126,7 @@ def aot_trainer(arch: str, variant: str, *, device: str, dtype, shape: str = "sm
     from peft import LoraConfig
 
     from .configs import AOTConfig, AOTUnpairedConfig
-    from .trainer import AOTTrainer, UnpairedAOTTrainer
+    from .trainers import AOTTrainer, UnpairedAOTTrainer
 
     tokenizer = build_tokenizer()
     model = model if model is not None else build_model(arch, tokenizer, shape=shape, dtype=dtype, attn=attn)
@@ -209,7 +209,7 @@ def check_flash_fallback(*, device: str, dtype, shape: str = "small") -> str:
     records = []
     handler = logging.Handler()
     handler.emit = records.append
-    log = logging.getLogger("aot_handbook.trainer")
+    log = logging.getLogger("aot_handbook.trainers")
     log.addHandler(handler)
     try:
         trainer, _ = aot_trainer("llama", "aot_paired", device=device, dtype=dtype, shape=shape,

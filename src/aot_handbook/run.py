@@ -32,7 +32,7 @@ from .heldout import paired_statistics
 from .io import write_json
 from .model_utils import check_model_path, load_model, load_tokenizer, weight_files
 from .plots import quantile_plot
-from .trainer import AOTTrainer, HandbookDPOTrainer, HandbookKTOTrainer, UnpairedAOTTrainer
+from .trainers import AOTTrainer, HandbookDPOTrainer, HandbookKTOTrainer, UnpairedAOTTrainer
 
 
 class RecipeError(ValueError):
