@@ -28,8 +28,9 @@ SWEEP ?= recipes/ablations/penalty.sweep.yaml
 VALIDATE ?= recipes
 PYTEST_ARGS ?=
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-# The environment's console scripts (setup.cfg [options.entry_points]): $(BIN)aot-train, ... next to $(PY)
-BIN = $(dir $(PY))
+# The environment's console scripts (setup.cfg [options.entry_points]): $(BIN)aot-train, ... beside $(PY)
+# (PYTHON=python3, a bare name, is looked up on PATH first)
+BIN = $(dir $(if $(findstring /,$(PY)),$(PY),$(shell command -v $(PY))))
 
 .PHONY: help setup lint test train validate-recipes sweep generate-recipes eval table plot bench reproduce-tiny gpu-check compare pairs
 
