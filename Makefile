@@ -28,6 +28,9 @@ SWEEP ?= recipes/ablations/penalty.sweep.yaml
 VALIDATE ?= recipes
 PYTEST_ARGS ?=
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# The environment's console scripts (setup.cfg [options.entry_points]): $(BIN)aot-train, ... beside $(PY)
+# (PYTHON=python3, a bare name, is looked up on PATH first)
+BIN = $(dir $(if $(findstring /,$(PY)),$(PY),$(shell command -v $(PY))))
 
 .PHONY: help setup lint test train validate-recipes sweep generate-recipes eval table plot bench reproduce-tiny gpu-check compare pairs
 
@@ -63,19 +66,19 @@ test: validate-recipes
 train: $(STAMP)
 ifdef ACCELERATE_CONFIG
 	"$(PY)" -m accelerate.commands.launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_PROCESSES) \
-		$(if $(MAIN_PROCESS_PORT),--main_process_port $(MAIN_PROCESS_PORT)) scripts/train.py $(RECIPE) $(ARGS)
+		$(if $(MAIN_PROCESS_PORT),--main_process_port $(MAIN_PROCESS_PORT)) -m aot_handbook.cli train $(RECIPE) $(ARGS)
 else
-	"$(PY)" scripts/train.py $(RECIPE) $(ARGS)
+	"$(BIN)aot-train" $(RECIPE) $(ARGS)
 endif
 
 # Every recipe, sweep, accelerate config and eval recipe, offline (no weights, no data); stops at the
 # first bad file, naming it and the key.
 validate-recipes: $(STAMP)
-	$(OFFLINE) "$(PY)" scripts/validate_recipes.py $(VALIDATE)
+	$(OFFLINE) "$(BIN)aot-validate" $(VALIDATE)
 
 # One training run per override set of a sweep; ARGS=--dry-run prints the commands, ARGS=--slurm submits jobs.
 sweep: $(STAMP)
-	"$(PY)" scripts/sweep.py $(SWEEP) $(ARGS)
+	"$(BIN)aot-sweep" $(SWEEP) $(ARGS)
 
 generate-recipes: $(STAMP)
 	"$(PY)" recipes/_generate.py
@@ -91,36 +94,36 @@ TABLE ?= 1
 EVAL_ENV = $(if $(findstring tiny,$(RUN) $(EVAL)),$(OFFLINE))
 
 eval: $(STAMP)
-	$(EVAL_ENV) "$(PY)" scripts/evaluate.py $(RUN) $(EVAL) $(ARGS)
+	$(EVAL_ENV) "$(BIN)aot-eval" $(RUN) $(EVAL) $(ARGS)
 
 table: $(STAMP)
-	"$(PY)" scripts/table.py $(TABLE) $(ARGS)
+	"$(BIN)aot-table" $(TABLE) $(ARGS)
 
 # Which run is better, and how sure: the relative dominance test on per-sample scores (docs/DOMINANCE.md)
 compare: $(STAMP)
-	"$(PY)" scripts/compare.py $(RUNS) $(if $(EVAL),--eval $(EVAL)) $(if $(METRICS),--metrics $(METRICS)) $(ARGS)
+	"$(BIN)aot-compare" $(RUNS) $(if $(EVAL),--eval $(EVAL)) $(if $(METRICS),--metrics $(METRICS)) $(ARGS)
 
 plot: $(STAMP)
-	$(if $(findstring tiny,$(RUN)),$(OFFLINE)) "$(PY)" scripts/plot.py $(RUN) $(ARGS)
+	$(if $(findstring tiny,$(RUN)),$(OFFLINE)) "$(BIN)aot-plot" $(RUN) $(ARGS)
 
 # Benchmarks (BENCHMARKS.md): QUICK=1 for the ~30 s smoke run; ARGS="--only cache,loss --json out.json"
 bench: $(STAMP)
-	$(OFFLINE) "$(PY)" scripts/bench.py $(if $(QUICK),--quick) $(ARGS)
+	$(OFFLINE) "$(PY)" benchmarks/bench.py $(if $(QUICK),--quick) $(ARGS)
 
 # The paper's claims on the tiny task, offline (recipes/tiny/reproduce.yaml -> results/reproduce-tiny/{tables,plots}).
 # Resumable: finished runs and evaluations are skipped. QUICK=1: one seed, 3 steps a run (smoke test).
 reproduce-tiny: $(STAMP)
-	$(OFFLINE) "$(PY)" scripts/reproduce_tiny.py $(if $(QUICK),--quick) $(ARGS)
+	$(OFFLINE) "$(BIN)aot-reproduce" $(if $(QUICK),--quick) $(ARGS)
 
 # What only a GPU exercises (bf16 AOT steps of small Llama/Mistral with LoRA + gradient checkpointing, one row
 # per pair under SDPA, the flash-attention fallback, paged AdamW, 4-bit QLoRA, vLLM, peak memory): one table,
 # under 10 minutes on one GPU. Without a GPU it prints "no GPU: skipped" and exits 0.
 gpu-check: $(STAMP)
-	$(OFFLINE) "$(PY)" scripts/gpu_check.py $(ARGS)
+	$(OFFLINE) "$(BIN)aot-gpu-check" $(ARGS)
 
 
 # On-policy preference data (aot_handbook.pairs): sample k answers per prompt, score them, write paired and
 # unpaired data; resumable. RECIPE defaults to the tiny one here (RECIPE's global default is a training recipe).
 PAIRS_RECIPE = $(if $(filter command line environment,$(origin RECIPE)),$(RECIPE),recipes/tiny/pairs.yaml)
 pairs: $(STAMP)
-	$(if $(findstring tiny,$(PAIRS_RECIPE)),$(OFFLINE)) "$(PY)" scripts/pairs.py $(PAIRS_RECIPE) $(ARGS)
+	$(if $(findstring tiny,$(PAIRS_RECIPE)),$(OFFLINE)) "$(BIN)aot-pairs" $(PAIRS_RECIPE) $(ARGS)

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aot_handbook import bench
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # repository tooling, not part of the installed package
+
+import bench  # noqa: E402
 
 
 def test_quick_mode_prints_tables():
-    proc = subprocess.run([sys.executable, "scripts/bench.py", "--quick"], cwd=ROOT, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "benchmarks/bench.py", "--quick"], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env={**os.environ, **bench.OFFLINE_ENV})
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -165,7 +166,7 @@ def test_two_runs_writing_the_cache_at_once(cache_env):
 
     hf = cache_env["tmp"] / "hf_concurrent"
     env = {**os.environ, **bench.OFFLINE_ENV, "HF_DATASETS_CACHE": str(hf)}
-    procs = [subprocess.Popen([sys.executable, "-m", "aot_handbook.bench", "_sweep_run", cache_env["recipe"],
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "benchmarks/bench.py"), "_sweep_run", cache_env["recipe"],
                                json.dumps(["--method", method,
                                            "--output_dir", str(cache_env["tmp"] / f"c-{method}")])],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -102,7 +102,7 @@ def test_make_target_passes_runs_eval_and_metrics():
                           "METRICS=tiny:accuracy", "PYTHON=python3"],
                          cwd=REPO, capture_output=True, text=True, check=False)
     assert cmd.returncode == 0, cmd.stderr
-    assert "scripts/compare.py runs/a runs/b --eval recipes/eval/tiny.yaml --metrics tiny:accuracy" in cmd.stdout
+    assert 'aot-compare" runs/a runs/b --eval recipes/eval/tiny.yaml --metrics tiny:accuracy' in cmd.stdout
 
 
 def test_bad_input_names_the_run_and_metric(planted, tmp_path):

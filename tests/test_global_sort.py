@@ -131,7 +131,7 @@ def _trainer_classes():
     from torch.utils.data import SequentialSampler
     from transformers import TrainerCallback
 
-    from aot_handbook import trainer as T
+    from aot_handbook import trainers as T
 
     class Pin:
         def _get_train_sampler(self, train_dataset=None):
@@ -200,7 +200,7 @@ def run_trainer(tiny, case, rows, batch, out_dir, *, flags=None, steps=1, dtype=
 def _worker_loss(out):
     import torch.distributed as dist
 
-    from aot_handbook.trainer import gather_with_grad
+    from aot_handbook.trainers import gather_with_grad
 
     rank, world = dist.get_rank(), dist.get_world_size()
     results = {}

@@ -6,7 +6,7 @@ from transformers import AutoTokenizer
 from trl import KTOConfig, KTOTrainer
 
 from aot_handbook.configs import AOTUnpairedConfig
-from aot_handbook.trainer import UnpairedAOTTrainer
+from aot_handbook.trainers import UnpairedAOTTrainer
 from tests.test_trainer import CPU, _data, _model
 
 

@@ -30,7 +30,7 @@ def _free_port():
 
 def _make(work: Path, *args: str) -> subprocess.CompletedProcess:
     """`make` with the repository's Makefile in a scratch folder, on this interpreter (no venv set-up)."""
-    for name in ("scripts", "setup.cfg", "pyproject.toml"):
+    for name in ("setup.cfg", "pyproject.toml"):
         if not (work / name).exists():
             (work / name).symlink_to(REPO / name)
     python = sys.executable

@@ -11,7 +11,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from aot_handbook.configs import AOTConfig
 from aot_handbook.packing import MODEL_TYPES, pack_pairs, unsupported_reason
-from aot_handbook.trainer import AOTTrainer
+from aot_handbook.trainers import AOTTrainer
 
 CPU = dict(bf16=False, use_cpu=True, report_to=[], save_strategy="no", gradient_checkpointing=False, seed=0,
            dataloader_num_workers=0, beta=0.5)
@@ -223,7 +223,7 @@ def test_unsupported_model_trains_with_trls_layout(tiny, tmp_path, caplog):
     data = load_dataset("json", data_files=str(tiny["paired_train"]), split="train").select(range(8))
     args = AOTConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=1, loss_type="aot_paired",
                      **CPU)
-    with caplog.at_level("WARNING", logger="aot_handbook.trainer"):
+    with caplog.at_level("WARNING", logger="aot_handbook.trainers"):
         trainer = AOTTrainer(model=model, ref_model=ref, train_dataset=data, args=args,
                              processing_class=AutoTokenizer.from_pretrained(tiny["tokenizer"]))
     assert "two rows per pair" in caplog.text and "gpt2" in caplog.text
@@ -303,7 +303,7 @@ def test_unpaired_trainer_logps_equal_trls_kto_head(tiny, tmp_path):
 
     from aot_handbook.configs import AOTUnpairedConfig
     from aot_handbook.loss import aot_loss
-    from aot_handbook.trainer import UnpairedAOTTrainer
+    from aot_handbook.trainers import UnpairedAOTTrainer
 
     data = load_dataset("json", data_files=str(tiny["unpaired_train"]), split="train").select(range(32))
 

@@ -176,7 +176,7 @@ def test_killed_run_resumes_without_duplicating_or_losing_rows(tiny, tmp_path, m
 
 
 def test_sigkilled_process_resumes(tiny, tmp_path):
-    """scripts/pairs.py killed for real (SIGKILL, in the middle of its batches), then run again."""
+    """aot-pairs killed for real (SIGKILL, in the middle of its batches), then run again."""
     import signal
     import subprocess
     import sys
@@ -186,7 +186,7 @@ def test_sigkilled_process_resumes(tiny, tmp_path):
     path = _recipe(tmp_path / "killed", tiny, **keys)
     samples = tmp_path / "killed" / "out" / "samples.jsonl"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "pairs.py"), str(path)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "aot_handbook.cli", "pairs", str(path)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120

@@ -8,7 +8,7 @@ def test_public_classes_import_from_the_top():
     import aot_handbook
     from aot_handbook import AOTConfig, AOTTrainer, UnpairedAOTTrainer, aot_loss, fsd_diagnostics, train
     from aot_handbook.configs import AOTConfig as config_class
-    from aot_handbook.trainer import AOTTrainer as trainer_class
+    from aot_handbook.trainers import AOTTrainer as trainer_class
 
     assert AOTConfig is config_class and AOTTrainer is trainer_class
     assert callable(aot_loss) and callable(fsd_diagnostics) and callable(train) and UnpairedAOTTrainer

@@ -22,7 +22,7 @@ import yaml  # noqa: E402
 from aot_handbook import chat_templates as ct  # noqa: E402
 from aot_handbook.models import BASE_MODELS  # noqa: E402
 from aot_handbook.recipe import parse_recipe  # noqa: E402
-from aot_handbook.sweep import SweepError, expand, label  # noqa: E402
+from aot_handbook.sweep import SLURM_LAUNCHER, SweepError, expand, label  # noqa: E402
 from aot_handbook.sweep import main as sweep_main  # noqa: E402
 from aot_handbook.validate import (  # noqa: E402
     ValidationError,
@@ -141,13 +141,13 @@ def test_accelerate_configs(tmp_path):
 
 
 def test_slurm_launcher_dry_run():
-    subprocess.run(["bash", "-n", "scripts/slurm_launch.sh"], check=True)
-    out = subprocess.run(["bash", "scripts/slurm_launch.sh", "recipes/merlinite-7b/aot_unpaired.yaml", "--beta",
+    subprocess.run(["bash", "-n", str(SLURM_LAUNCHER)], check=True)
+    out = subprocess.run(["bash", str(SLURM_LAUNCHER), "recipes/merlinite-7b/aot_unpaired.yaml", "--beta",
                           "0.05"],
                          env={**os.environ, "DRY_RUN": "1", "SLURM_NNODES": "2"}, capture_output=True, text=True,
                          check=True).stdout
     assert "srun" in out and "--num_machines 2 --num_processes 16" in out and "${SLURM_PROCID:-0}" in out
-    assert "scripts/train.py recipes/merlinite-7b/aot_unpaired.yaml --beta 0.05" in out
+    assert "-m aot_handbook.cli train recipes/merlinite-7b/aot_unpaired.yaml --beta 0.05" in out
 
 
 # ------------------------------------------------------------------ chat templates: exact strings
@@ -255,7 +255,8 @@ def test_sweep_dry_run_prints_commands(capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("[sweep]")]
     assert len(lines) == 4
     assert lines[1] == ("accelerate launch --config_file recipes/accelerate_configs/fsdp.yaml --num_processes 8 "
-                        "scripts/train.py recipes/merlinite-7b/aot_unpaired.yaml --aot_penalty hinge --output_dir "
+                        "-m aot_handbook.cli train recipes/merlinite-7b/aot_unpaired.yaml --aot_penalty hinge "
+                        "--output_dir "
                         "runs/ablations/penalty/merlinite-7b-aot_unpaired-penalty_hinge --run_name "
                         "merlinite-7b-aot_unpaired-penalty_hinge")
 

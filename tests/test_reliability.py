@@ -52,10 +52,10 @@ def test_bad_recipe_errors_name_key_and_file_before_loading(tiny, tmp_path, chan
 
 def test_train_script_exits_non_zero_with_the_message(tiny, tmp_path):
     path = _recipe(tmp_path, tiny, aot_penalty="cubic")
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), path], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "aot_handbook.cli", "train", path], capture_output=True, text=True)
     assert done.returncode != 0
     assert f"error: {path}: aot_penalty: unknown penalty 'cubic'" in done.stderr
-    bad_override = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), path, "--aot_penalty",
+    bad_override = subprocess.run([sys.executable, "-m", "aot_handbook.cli", "train", path, "--aot_penalty",
                                    "logistic",
                                    "--no_such_key", "1"], capture_output=True, text=True)
     assert bad_override.returncode != 0 and "--no_such_key" in bad_override.stderr
@@ -90,18 +90,18 @@ def test_two_processes_building_the_same_cache_agree(tmp_path):
 
 
 def test_errors_during_training_keep_their_traceback(tiny, tmp_path):
-    """scripts/train.py shortens recipe errors to one line, but not an error raised while training."""
+    """aot-train shortens recipe errors to one line, but not an error raised while training."""
     path = _recipe(tmp_path, tiny, learning_rate=1e30, max_steps=10, logging_steps=1)  # overflows at step 2
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), path], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "aot_handbook.cli", "train", path], capture_output=True, text=True)
     assert done.returncode != 0
     assert "Traceback" in done.stderr and "FloatingPointError" in done.stderr
 
 
 def test_only_errors_before_training_are_recipe_errors(tiny, tmp_path, monkeypatch):
-    """A ValueError from inside training is not reported as a bad recipe (scripts/train.py would have
+    """A ValueError from inside training is not reported as a bad recipe (aot-train would have
     cut it to one line); bad data found while building the trainer is."""
     from aot_handbook.run import RecipeError
-    from aot_handbook.trainer import AOTTrainer
+    from aot_handbook.trainers import AOTTrainer
 
     missing = {"datasets": [{"data_files": {"train": str(tmp_path / "missing.jsonl")}, "test_split": None}]}
     with pytest.raises(RecipeError, match="missing.jsonl"):

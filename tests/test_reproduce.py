@@ -110,7 +110,7 @@ def _scratch(tmp_path, monkeypatch):
 
 def test_quick_grid_end_to_end_and_resumes(tmp_path, monkeypatch):
     _scratch(tmp_path, monkeypatch)
-    command = [sys.executable, str(REPO / "scripts" / "reproduce_tiny.py"), "--quick"]
+    command = [sys.executable, "-m", "aot_handbook.cli", "reproduce", "--quick"]
     first = subprocess.run(command, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
     results = Path("results/reproduce-tiny-quick")
@@ -130,7 +130,7 @@ def test_quick_grid_end_to_end_and_resumes(tmp_path, monkeypatch):
     assert fig2["tiny-batch"]["tiny:win_rate_vs_sft"]["no NLL"]["x"] == ["16", "32", "64", "128"]
     assert len(fig2["tiny-penalty"]["tiny:rewards_min_gap"]["+ NLL"]["mean"]) == 4
     (results / "plots" / "fig2.png").unlink()  # the plot command draws it again from the results
-    plot = subprocess.run([sys.executable, str(REPO / "scripts" / "plot.py"), "--fig2", str(results)],
+    plot = subprocess.run([sys.executable, "-m", "aot_handbook.cli", "plot", "--fig2", str(results)],
                           capture_output=True, text=True)
     assert plot.returncode == 0 and (results / "plots" / "fig2.png").is_file(), plot.stderr[-2000:]
 

@@ -21,7 +21,7 @@ STEPS = ["--max_steps", "8", "--save_strategy", "steps", "--save_steps", "2", "-
 
 
 def _launch(out, cwd):
-    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "recipes/tiny/aot_unpaired.yaml", *STEPS,
+    cmd = [sys.executable, "-m", "aot_handbook.cli", "train", "recipes/tiny/aot_unpaired.yaml", *STEPS,
            "--output_dir", out]
     return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

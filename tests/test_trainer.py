@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
 from aot_handbook.configs import AOTConfig, AOTUnpairedConfig
-from aot_handbook.trainer import AOTTrainer, BalancedLabelSampler, UnpairedAOTTrainer
+from aot_handbook.trainers import AOTTrainer, BalancedLabelSampler, UnpairedAOTTrainer
 
 CPU = dict(bf16=False, use_cpu=True, report_to=[], save_strategy="no", gradient_checkpointing=False,
            logging_steps=1, seed=0, dataloader_num_workers=0)
@@ -125,10 +125,10 @@ def test_unpaired_trainer_batches_are_unequal(tiny, tmp_path):
 
 
 def test_trl_contract():
-    """The TRL internals trainer.py relies on. If this fails, TRL moved: re-check trainer.py, then re-pin."""
+    """The TRL internals trainers/ relies on. If this fails, TRL moved: re-check trainers/, then re-pin."""
     import trl
 
-    assert trl.__version__.startswith("1.16."), f"trainer.py was written against trl 1.16, found {trl.__version__}"
+    assert trl.__version__.startswith("1.16."), f"trainers/ was written against trl 1.16, found {trl.__version__}"
     for cls in (DPOTrainer, KTOTrainer):
         assert list(inspect.signature(cls._compute_loss).parameters) == ["self", "model", "inputs", "return_outputs"]
         assert list(inspect.signature(cls.compute_ref_log_probs).parameters) == ["self", "model", "inputs"]
@@ -145,7 +145,7 @@ def test_trl_contract():
     # of the config stays out of the dataset fingerprint (and so out of the reference log-prob cache key).
     import re
 
-    from aot_handbook.trainer import _RefCacheArgs
+    from aot_handbook.trainers.reference import _RefCacheArgs
 
     for cls in (DPOTrainer, KTOTrainer):
         read = set(re.findall(r"\bargs\.([a-z_]+)", inspect.getsource(cls._prepare_dataset)))
@@ -208,7 +208,7 @@ def test_kto_nll_term_is_the_positives_mean_token_nll(tiny, tmp_path):
     """KTO + nll_weight: loss = TRL's KTO loss + w * mean NLL per token of the positive completions."""
     from aot_handbook.configs import HandbookKTOConfig
     from aot_handbook.heldout import _tokenize_like_trl, completion_logps
-    from aot_handbook.trainer import HandbookKTOTrainer
+    from aot_handbook.trainers import HandbookKTOTrainer
 
     n = 16  # one batch is the whole data set, so the first step's batch is known whatever the order
     common = dict(output_dir=str(tmp_path), per_device_train_batch_size=n, max_steps=2, learning_rate=1e-3,
@@ -230,7 +230,7 @@ def test_kto_nll_term_is_the_positives_mean_token_nll(tiny, tmp_path):
 
 def _kto_first_losses(tiny, tmp_path, seed):
     from aot_handbook.configs import HandbookKTOConfig
-    from aot_handbook.trainer import HandbookKTOTrainer
+    from aot_handbook.trainers import HandbookKTOTrainer
 
     args = HandbookKTOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=2, learning_rate=1e-3,
                              beta=0.5, **{**CPU, "seed": seed})

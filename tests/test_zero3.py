@@ -23,7 +23,7 @@ def _worker():
     from transformers import LlamaConfig, LlamaForCausalLM
     from trl.trainer.utils import hash_module
 
-    from aot_handbook.trainer import is_zero3_partitioned, reference_weights_hash
+    from aot_handbook.trainers import is_zero3_partitioned, reference_weights_hash
 
     deepspeed.init_distributed(dist_backend="gloo")
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -27,8 +27,8 @@ from .evaluation.common import (
     RunInfo,
     load_eval_recipe,
     read_samples,
-    write_text,
 )
+from .io import atomic_path, write_text
 
 EXTRAS = {"id", "task", "length", "reference_length"}  # per-sample fields that are not score columns
 
@@ -138,11 +138,9 @@ def _figure(metric: str, scores: dict[str, np.ndarray], path: Path, n_band: int 
     axes[1].set(title="integrated quantiles (second order)", xlabel="level p", ylabel="∫₀ᵖ Q(t) dt")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -195,7 +193,11 @@ def compare(runs: list[str], *, eval_name: str | None = None, metrics: list[str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description="Which run is better, and how sure: rank runs by the relative dominance "
+                                "test on their per-sample scores (docs/DOMINANCE.md).",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="example:\n  aot-compare runs/a runs/b runs/c --eval recipes/eval/tiny.yaml "
+                                       "--metrics tiny:accuracy")
     p.add_argument("runs", nargs="+", help="run folders (or their names under results/)")
     p.add_argument("--eval", default=None, help="evaluation recipe (recipes/eval/*.yaml) or its name; "
                                                 "default: the one evaluation all runs share")

@@ -126,7 +126,7 @@ def aot_trainer(arch: str, variant: str, *, device: str, dtype, shape: str = "sm
     from peft import LoraConfig
 
     from .configs import AOTConfig, AOTUnpairedConfig
-    from .trainer import AOTTrainer, UnpairedAOTTrainer
+    from .trainers import AOTTrainer, UnpairedAOTTrainer
 
     tokenizer = build_tokenizer()
     model = model if model is not None else build_model(arch, tokenizer, shape=shape, dtype=dtype, attn=attn)
@@ -209,7 +209,7 @@ def check_flash_fallback(*, device: str, dtype, shape: str = "small") -> str:
     records = []
     handler = logging.Handler()
     handler.emit = records.append
-    log = logging.getLogger("aot_handbook.trainer")
+    log = logging.getLogger("aot_handbook.trainers")
     log.addHandler(handler)
     try:
         trainer, _ = aot_trainer("llama", "aot_paired", device=device, dtype=dtype, shape=shape,
@@ -364,7 +364,11 @@ def render_table(results: list[CheckResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="What only a GPU exercises: bf16 AOT steps, one row per pair, the "
+                                     "flash-attention fallback, paged AdamW, QLoRA, vLLM, peak memory (< 10 min).",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Without a GPU it prints 'no GPU: skipped' and exits 0.\n\nexample:\n"
+                                            "  aot-gpu-check --no-vllm")
     parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM check")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():

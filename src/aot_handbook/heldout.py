@@ -14,6 +14,7 @@ import torch
 from trl.data_utils import _tokenize, common_prefix_length
 
 from .diagnostics import fsd_diagnostics
+from .io import read_jsonl
 
 
 def _tokenize_like_trl(tokenizer, prompt, completion) -> tuple[list[int], int]:
@@ -118,9 +119,7 @@ def heldout_rows(run_path: str, data: str | None = None, *, max_rows: int = 512)
     from .tasks import task_of
 
     if data:
-        text = Path(data).read_text()
-        lines = text.splitlines()
-        rows = json.loads(text) if data.endswith(".json") else [json.loads(line) for line in lines if line.strip()]
+        rows = json.loads(Path(data).read_text()) if data.endswith(".json") else read_jsonl(data)
     else:
         run = RunInfo.from_path(run_path)
         task = task_of(run)

@@ -49,8 +49,8 @@ class Method:
         return [self.config_class(), *([self.config_class("unpaired")] if self.unpaired_config else [])]
 
 
-# The trainers live in aot_handbook.trainer today (to move to a trainers/ package: update the paths here).
-_TRAINER = "aot_handbook.trainer"
+# The trainer classes, by dotted path (imported on use): aot_handbook.trainers.
+_TRAINER = "aot_handbook.trainers"
 _CONFIGS = "aot_handbook.configs"
 
 METHODS: dict[str, Method] = {m.name: m for m in (

@@ -1,6 +1,6 @@
 """On-policy preference data: sample k answers per prompt from a model, score them, write training data.
 
-    python scripts/pairs.py recipes/tiny/pairs.yaml [--key value ...]      (make pairs RECIPE=...)
+    aot-pairs recipes/tiny/pairs.yaml [--key value ...]      (make pairs RECIPE=...)
 
 A pairs recipe (keys: ``PairsConfig``) names the model (a folder, a hub id, or a run folder, LoRA adapters
 included), a prompt file, the sampling settings and a scorer (``aot_handbook.scorers``). The output folder
@@ -35,7 +35,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from .data import BUILDERS
-from .evaluation.common import package_versions, utc_now, write_json
+from .evaluation.common import package_versions, utc_now
+from .io import write_json, write_jsonl
 from .recipe import check_types
 from .scorers import SCORERS, build_scorer
 
@@ -309,9 +310,7 @@ def _read_done(samples: Path, n: int, batch_size: int) -> dict[int, dict]:
     whole = {b for b in range(0, n, batch_size) if all(i in rows for i in range(b, min(b + batch_size, n)))}
     kept = {i: r for i, r in rows.items() if i - i % batch_size in whole}
     if len(kept) != len(lines):
-        tmp = samples.with_name(f".{samples.name}.tmp")
-        tmp.write_text("".join(json.dumps(kept[i]) + "\n" for i in sorted(kept)))
-        tmp.replace(samples)
+        write_jsonl(samples, [kept[i] for i in sorted(kept)])
         logger.warning("%s: dropped %d row(s) of an unfinished batch; resuming", samples, len(lines) - len(kept))
     return kept
 
@@ -375,11 +374,11 @@ def build_pairs(cfg: PairsConfig, *, recipe_path: str | None = None, overrides: 
               "unscored": sum(s is None for r in rows for s in r["scores"])}
     if cfg.pairs != "none":
         pairs = make_pairs(rows, cfg.pairs, cfg.pair_margin)
-        _write_jsonl(out / "paired.jsonl", pairs)
+        write_jsonl(out / "paired.jsonl", pairs)
         counts["pairs"] = len(pairs)
     if cfg.label_threshold is not None:
         unpaired = make_unpaired(rows, cfg.label_threshold)
-        _write_jsonl(out / "unpaired.jsonl", unpaired)
+        write_jsonl(out / "unpaired.jsonl", unpaired)
         counts.update(unpaired=len(unpaired), positives=sum(r["label"] for r in unpaired))
     write_json(out / "provenance.json", {
         "model": cfg.model, "loaded": {"model": model, "adapter": adapter, "backend": backend or "(resumed: none)"},
@@ -394,12 +393,6 @@ def build_pairs(cfg: PairsConfig, *, recipe_path: str | None = None, overrides: 
     })
     print(f"[aot-handbook] {out}: {counts}")
     return out
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------- iterative rounds

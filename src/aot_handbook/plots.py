@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .diagnostics import fsd_diagnostics, quantile_curves  # noqa: E402
+from .io import atomic_path, write_text  # noqa: E402
 
 
 def draw_quantiles(curves: dict, *, title: str, xlabel: str = "quantile level t"):
@@ -44,13 +45,10 @@ def draw_quantiles(curves: dict, *, title: str, xlabel: str = "quantile level t"
 
 
 def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:  # never a truncated PNG under the final name
+        fig.savefig(tmp)
     plt.close(fig)
-    tmp.replace(path)  # never a truncated PNG under the final name
-    return path
+    return Path(path)
 
 
 def quantile_plot(curves: dict, path: str | Path, *, title: str, xlabel: str = "quantile level t") -> Path:
@@ -75,9 +73,7 @@ def figure1(stats: dict, out_dir: str | Path, *, prefix: str = "fig1") -> dict[s
     for panel, (curves, title) in panels.items():
         fig, data = draw_quantiles(curves, title=title)
         paths[panel] = _save(fig, out_dir / f"{prefix}{panel}.png")
-        tmp = out_dir / f".{prefix}{panel}.json.tmp"
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(out_dir / f"{prefix}{panel}.json")
+        write_text(out_dir / f"{prefix}{panel}.json", json.dumps(data, indent=1))
     return paths
 
 
@@ -111,7 +107,5 @@ def draw_grid(data: dict, path: str | Path, *, ylabels: dict[str, str], xlabels:
     fig.suptitle(title)
     fig.tight_layout()
     out = _save(fig, path)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(out.with_suffix(".json"))
+    write_text(out.with_suffix(".json"), json.dumps(data, indent=1))
     return out

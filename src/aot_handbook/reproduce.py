@@ -132,7 +132,8 @@ def run_grid(grid: Grid, *, only: str | None = None) -> list[str]:
     from tqdm.auto import tqdm
 
     from .evaluation.pipeline import evaluate
-    from .run import train, write_json
+    from .io import write_json
+    from .run import train
 
     runs = [r for r in grid.runs if only is None or only in r.name]
     failed = []
@@ -247,7 +248,7 @@ def claims_report(results: list[dict], out: Path, *, alpha: float = 0.05, seed: 
     """``claims.md``: each "A beats B" claim judged by the relative dominance test (paired over
     prompts, Holm over the pairs of the rows involved, level alpha) instead of by comparing means."""
     from .dominance import relative_test
-    from .evaluation.common import write_text
+    from .io import write_text
     from .tables import table_spec
     from .tiny import NLL_VARIANTS
 
@@ -297,8 +298,13 @@ def claims_report(results: list[dict], out: Path, *, alpha: float = 0.05, seed: 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Reproduce the paper's claims on the tiny task (resumable).")
-    parser.add_argument("spec", nargs="?", default=SPEC)
+    parser = argparse.ArgumentParser(
+        description="Reproduce the paper's claims on the tiny task: train and evaluate the spec's grid, then the "
+                    "tables and figures (resumable: finished cells are skipped).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  aot-reproduce --dry-run\n  aot-reproduce --quick     # one seed, 3 steps per run")
+    parser.add_argument("spec", nargs="?", default=SPEC,
+                        help=f"the grid's spec file (default: {SPEC}, relative to the working directory)")
     parser.add_argument("--quick", action="store_true", help="the spec's smoke grid (one seed, a few steps)")
     parser.add_argument("--only", default=None, help="only the runs whose name contains this text")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")

@@ -30,6 +30,7 @@ from trl import get_peft_config
 
 from .data import DatasetMixture, load_mixture
 from .heldout import paired_statistics
+from .io import write_json
 from .methods import METHODS
 from .model_utils import check_model_path, load_model, load_tokenizer, weight_files
 from .plots import quantile_plot
@@ -50,13 +51,6 @@ def recipe_errors():
         raise
     except (ValueError, FileNotFoundError) as err:
         raise RecipeError(str(err)) from err
-
-
-def write_json(path: Path, data) -> None:
-    """Write then rename: a killed process leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
 
 
 def last_complete_checkpoint(output_dir: Path) -> str | None:

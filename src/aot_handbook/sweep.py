@@ -33,6 +33,8 @@ from pathlib import Path
 import yaml
 
 SWEEP_KEYS = {"base", "output_root", "fixed", "grid", "runs", "launch"}
+# `--slurm`: each run is one `sbatch` of this launcher (installed with the package; see its header)
+SLURM_LAUNCHER = Path(__file__).with_name("slurm_launch.sh")
 LAUNCH_KEYS = {"accelerate_config", "num_processes"}
 DERIVED_KEYS = {"output_dir", "run_name"}  # set by the sweep from the run's name
 ALIASES = {  # short names for run labels; other keys keep their own name
@@ -64,7 +66,7 @@ class SweepRun:
 
     @property
     def args(self) -> list[str]:
-        """`--key value` arguments for scripts/train.py, derived keys included."""
+        """`--key value` arguments for aot-train, derived keys included."""
         return [*to_cli(self.overrides), "--output_dir", self.output_dir, "--run_name", self.name]
 
     def command(self, *, python: str = "python", slurm: bool = False) -> list[str]:
@@ -74,14 +76,14 @@ class SweepRun:
                 env += f",ACCELERATE_CONFIG={self.launch['accelerate_config']}"
             if self.launch.get("num_processes"):
                 env += f",GPUS_PER_NODE={self.launch['num_processes']}"
-            return ["sbatch", "--job-name", self.name, f"--export={env}", "scripts/slurm_launch.sh", self.base,
+            return ["sbatch", "--job-name", self.name, f"--export={env}", str(SLURM_LAUNCHER), self.base,
                     *self.args]
         if self.launch.get("accelerate_config"):
             head = ["accelerate", "launch", "--config_file", str(self.launch["accelerate_config"])]
             if self.launch.get("num_processes"):
                 head += ["--num_processes", str(self.launch["num_processes"])]
-            return [*head, "scripts/train.py", self.base, *self.args]
-        return [python, "scripts/train.py", self.base, *self.args]
+            return [*head, "-m", "aot_handbook.cli", "train", self.base, *self.args]
+        return [python, "-m", "aot_handbook.cli", "train", self.base, *self.args]
 
 
 def format_value(value) -> str:
@@ -251,10 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import subprocess
 
-    parser = argparse.ArgumentParser(description="Run a sweep: one training run per override set.")
+    parser = argparse.ArgumentParser(
+        description="Run a sweep: one training run per override set of the sweep file (format: aot_handbook.sweep), "
+                    "each named after its overrides with its own output_dir; completed runs are skipped. Every run "
+                    "is checked before any starts.", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  aot-sweep recipes/ablations/penalty.sweep.yaml --dry-run")
     parser.add_argument("sweep", help="a sweep YAML, e.g. recipes/ablations/penalty.sweep.yaml")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    parser.add_argument("--slurm", action="store_true", help="submit each run with sbatch scripts/slurm_launch.sh")
+    parser.add_argument("--slurm", action="store_true",
+                        help=f"submit each run with sbatch {SLURM_LAUNCHER.name} (installed with the package)")
     parser.add_argument("--only", default=None, help="run only the runs whose name contains this text")
     parser.add_argument("--force", action="store_true", help="rerun runs that already completed")
     args = parser.parse_args(argv)

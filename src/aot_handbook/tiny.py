@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .io import read_jsonl, write_jsonl
 from .tasks import Task, register_task
 
 TASK_VERSION = 2  # bump when the task or the assets change, so stale caches are not reused
@@ -180,13 +181,6 @@ def _publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
 
-def _write_jsonl(rows: list[dict], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-    _publish(Path(tmp), path)
-
-
 def ensure_tiny_assets(root: str | Path = ".cache/tiny", *, seed: int = 0) -> dict[str, Path]:
     """Build whatever of the tiny assets is missing under ``root`` and return their paths.
 
@@ -214,13 +208,8 @@ def ensure_tiny_assets(root: str | Path = ".cache/tiny", *, seed: int = 0) -> di
         paths[name] = home / "data" / f"{name}.jsonl"
         if not paths[name].exists():
             splits = splits or build_task(seed)
-            _write_jsonl(splits[name], paths[name])
+            write_jsonl(paths[name], splits[name], sort_keys=True)
     return paths
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 # ---------------------------------------------------------------- evaluation

@@ -21,7 +21,7 @@ No weights and no datasets are loaded; nothing is downloaded. What is checked:
 A GPU recipe (bf16) is parsed with ``--use_cpu true`` on a machine without a GPU: transformers
 otherwise refuses bf16 at parse time, and device choice is not what is being checked.
 
-    python scripts/validate_recipes.py [PATHS...] [--launcher ACCELERATE_CONFIG]    # default: recipes/
+    aot-validate [PATHS...] [--launcher ACCELERATE_CONFIG]    # default: recipes/ (in the working directory)
 """
 
 from __future__ import annotations
@@ -380,7 +380,7 @@ def _check_deepspeed_config(path: str) -> None:
     from accelerate.utils.launch import prepare_deepspeed_cmd_env
 
     try:
-        args = launch_command_parser().parse_args(["--config_file", path, "scripts/train.py"])
+        args = launch_command_parser().parse_args(["--config_file", path, "-m", "aot_handbook.cli", "train"])
         args, defaults, mixed_precision_from_config = _validate_launch_command(args)
         fields = list(defaults.deepspeed_config) + (["mixed_precision"] if mixed_precision_from_config else [])
         args.deepspeed_fields_from_accelerate_config = ",".join(fields)  # as accelerate's launch_command sets it
@@ -406,7 +406,7 @@ def _check_fsdp_plugin(path: str) -> None:
     from accelerate.utils.launch import prepare_multi_gpu_env
 
     try:
-        args = launch_command_parser().parse_args(["--config_file", path, "scripts/train.py"])
+        args = launch_command_parser().parse_args(["--config_file", path, "-m", "aot_handbook.cli", "train"])
         args, _, _ = _validate_launch_command(args)
         env = prepare_multi_gpu_env(args)
         with mock.patch.dict(os.environ, env):
@@ -591,8 +591,13 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(description="Validate recipes, sweeps and accelerate configs offline.")
-    parser.add_argument("paths", nargs="*", default=["recipes"], help="files or folders (default: recipes)")
+    parser = argparse.ArgumentParser(
+        description="Validate recipes, sweeps and accelerate configs offline: loads no weights and no data, "
+                    "downloads nothing; stops at the first bad file with an error naming the file and the key "
+                    "(exit 1).", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  aot-validate recipes/tiny recipes/accelerate_configs")
+    parser.add_argument("paths", nargs="*", default=["recipes"],
+                        help="files or folders (default: recipes, relative to the working directory)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors and the total")
     parser.add_argument("--launcher", action="append", default=None, metavar="ACCELERATE_CONFIG",
                         help="check recipes and sweeps against this accelerate config (repeatable; default: "

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from ..io import write_text
+
 DEFAULT_ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
 REFERENCE_HUB = ("tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json")  # GPT-4 Turbo reference outputs
 
@@ -150,9 +152,7 @@ def _worker(args) -> None:
         out["lc_win_rate_error"] = (f"length-controlled win rate unavailable ({type(exc).__name__}: "
                                     f"{str(exc)[:300]}); it needs the tatsu-lab/alpaca_eval hub dataset")
     Path(args.output_path, "annotations.json").write_text(json.dumps(annotations, indent=1, default=str))
-    tmp = Path(args.metrics_json).with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    tmp.replace(args.metrics_json)
+    write_text(args.metrics_json, json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

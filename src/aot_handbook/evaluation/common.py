@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from ..io import read_jsonl, write_json, write_jsonl
+from ..io import write_text as write_text  # re-exported (tables)
 from ..methods import METHODS
 from ..models import BASE_MODELS, model_key
 from ..tasks import task_of, tasks
@@ -30,16 +31,6 @@ PACKAGES = ("aot-handbook", "torch", "transformers", "trl", "peft", "datasets", 
 
 DATASETS = (("ultrafeedback", "ultrafeedback"), ("helpsteer", "helpsteer"), ("beavertails", "pku-beavertails"),
             ("pku", "pku-beavertails"))
-
-
-def write_json(path: str | Path, data) -> Path:
-    """Write then rename: a killed process leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def sha256(path: str | Path) -> str:
@@ -227,11 +218,7 @@ def write_samples(result_file: str | Path, rows: list[dict]) -> dict:
     ``task/doc_id``) and the score columns of that sample (same names and units as the result's
     ``scores``, so their mean over the rows is the score), plus extras such as lengths.
     Written atomically; returns the link (file, rows, sha256) the result JSON records."""
-    path = samples_path(result_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
-    tmp.replace(path)
+    path = write_jsonl(samples_path(result_file), rows, default=str)
     return {"file": path.name, "rows": len(rows), "sha256": sha256(path)}
 
 
@@ -248,7 +235,7 @@ def read_samples(result: dict | str | Path) -> list[dict] | None:
     path = Path(file).with_name(link["file"])
     if not path.is_file() or sha256(path) != link.get("sha256"):
         return None
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def save_result(run: RunInfo, recipe: dict, scores: dict, details: dict, *, judge: dict | None = None,
@@ -296,11 +283,3 @@ def load_results(results_dir: str | Path = RESULTS_DIR) -> list[dict]:
     return out
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """Atomic text write (tables)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..io import read_jsonl, write_json
 from ..model_utils import ensure_pad_token
-from .common import write_json
 
 logger = logging.getLogger(__name__)
 ALPACA_EVAL_HUB = ("tatsu-lab/alpaca_eval", "alpaca_eval.json")  # 805 instructions (+ text-davinci-003 outputs)
@@ -33,9 +33,7 @@ def load_instructions(source: str, *, limit: int | None = None) -> list[dict]:
     """
     path = Path(source)
     if path.is_file():
-        text = path.read_text()
-        lines = text.splitlines()
-        rows = json.loads(text) if path.suffix == ".json" else [json.loads(line) for line in lines if line.strip()]
+        rows = json.loads(path.read_text()) if path.suffix == ".json" else read_jsonl(path)
     elif source in ("tatsu-lab/alpaca_eval", "alpaca_eval"):
         from huggingface_hub import hf_hub_download
 

@@ -4,7 +4,13 @@ Every comparison is interleaved (A, B, B, A, ...), warmed up, and reported as me
 spread (min-max) over repeats; the machine is shared, so read the spread before the median.
 Each trainer measurement runs in a fresh subprocess so its peak RSS is its own.
 
-    python scripts/bench.py [--quick] [--only trainer,realistic,cache,loss,generate] [--json out.json]
+    python benchmarks/bench.py [--quick] [--only trainer,realistic,cache,loss,generate] [--json out.json]
+        [--root REPOSITORY] [--work-dir DIR]
+
+Repository tooling, not part of the installed package: it reads the repository's recipes (``recipes/tiny``)
+and tiny assets (``<root>/.cache/tiny``, ``<root>/runs/tiny-sft``); ``--root`` defaults to the checkout this
+file lives in, never the working directory. Scratch runs go to ``--work-dir`` (default: a fresh temporary
+folder).
 
 Sections:
 - ``trainer``: samples/s and peak RSS of ``AOTTrainer`` (aot_paired / aot_unpaired) against TRL
@@ -42,7 +48,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+# The repository root and the scratch folder; main() sets them from --root / --work-dir and hands them to its
+# child processes through the environment (BENCH_ROOT, BENCH_WORK).
+ROOT = Path(os.environ.get("BENCH_ROOT") or Path(__file__).resolve().parents[1])
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}
 SOFT_MEMORY_LIMIT = 2 * 1024**3  # bytes of autograd-saved tensors above which the Sinkhorn sort is not run
 
@@ -86,8 +94,9 @@ def machine() -> dict:
 
 
 def _child(args: list[str], env: dict | None = None, timeout: float = 1800) -> dict:
-    """Run ``python -m aot_handbook.bench <args>`` in a fresh process; return its last JSON line."""
-    proc = subprocess.run([sys.executable, "-m", "aot_handbook.bench", *args], cwd=ROOT, capture_output=True,
+    """Run ``python benchmarks/bench.py <args>`` in a fresh process (cwd: the repository root, where the tiny
+    recipes' relative paths point); return its last JSON line."""
+    proc = subprocess.run([sys.executable, __file__, *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **OFFLINE_ENV, **(env or {})})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
     if proc.returncode or not lines:
@@ -102,6 +111,25 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
+def set_roots(root: Path, work: str | None = None) -> None:
+    """Point this process and its children at a repository root and a scratch folder."""
+    global ROOT
+    ROOT = Path(root).resolve()
+    if not (ROOT / "recipes" / "tiny").is_dir():
+        raise SystemExit(f"--root {ROOT}: no recipes/tiny there (give the repository checkout)")
+    os.environ["BENCH_ROOT"] = str(ROOT)
+    if work:
+        os.environ["BENCH_WORK"] = str(Path(work).resolve())
+
+
+def work_dir() -> str:
+    """The scratch folder of this benchmark session (``BENCH_WORK``; made on first use, shared with children)."""
+    if not os.environ.get("BENCH_WORK"):
+        os.environ["BENCH_WORK"] = tempfile.mkdtemp(prefix="aot_bench_")
+    os.makedirs(os.environ["BENCH_WORK"], exist_ok=True)
+    return os.environ["BENCH_WORK"]
+
+
 def _emit(result: dict) -> None:
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print("BENCH " + json.dumps(result), flush=True)
@@ -111,7 +139,7 @@ def _emit(result: dict) -> None:
 
 
 def tiny_paths() -> dict:
-    from .tiny import ensure_tiny_assets
+    from aot_handbook.tiny import ensure_tiny_assets
 
     paths = ensure_tiny_assets(ROOT / ".cache" / "tiny")
     sft = ROOT / "runs" / "tiny-sft"
@@ -174,8 +202,8 @@ def _build_trainer(side: str, loss_type: str, steps: int, batch: int, seed: int,
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from .configs import AOTConfig
-    from .trainer import AOTTrainer
+    from aot_handbook.configs import AOTConfig
+    from aot_handbook.trainers import AOTTrainer
 
     if shape == "realistic":
         tokenizer, data, model = realistic_assets(steps * batch, seed)
@@ -188,7 +216,7 @@ def _build_trainer(side: str, loss_type: str, steps: int, batch: int, seed: int,
         model = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=torch.float32)
         ref = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=torch.float32).eval().requires_grad_(False)
         max_length = 32
-    common = dict(output_dir=tempfile.mkdtemp(prefix="bench_", dir="/tmp"), max_steps=steps,
+    common = dict(output_dir=tempfile.mkdtemp(prefix="bench_", dir=work_dir()), max_steps=steps,
                   per_device_train_batch_size=batch, learning_rate=1e-4, lr_scheduler_type="constant", beta=0.1,
                   max_length=max_length, seed=seed, data_seed=seed, bf16=False, use_cpu=True,
                   gradient_checkpointing=False,
@@ -361,12 +389,12 @@ def _layouts_child(steps: int, batch: int, seed: int, warmup: int) -> dict:
     from trl import DPOConfig, DPOTrainer
     from trl.trainer.utils import add_fused_lm_head
 
-    from .packing import completion_logps, pack_pairs
-    from .prefix import prefix_logps
+    from aot_handbook.packing import completion_logps, pack_pairs
+    from aot_handbook.prefix import prefix_logps
 
     tokenizer, data, model = realistic_assets(steps * batch, seed)
     ref = copy.deepcopy(model).eval().requires_grad_(False)
-    args = DPOConfig(output_dir=tempfile.mkdtemp(prefix="bench_", dir="/tmp"), per_device_train_batch_size=batch,
+    args = DPOConfig(output_dir=tempfile.mkdtemp(prefix="bench_", dir=work_dir()), per_device_train_batch_size=batch,
                      max_length=REALISTIC_LENGTHS["max_length"], use_cpu=True, bf16=False, report_to="none",
                      gradient_checkpointing=False, seed=seed, data_seed=seed, dataloader_num_workers=0)
     loader = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data,
@@ -532,7 +560,7 @@ def train_probed(recipe: str, overrides: list[str]) -> dict:
     """``run.train`` with the cache probe; step-1 loss; in this process."""
     from transformers import Trainer
 
-    from .run import train
+    from aot_handbook.run import train
 
     record, losses = [], []
     original, step = _first_loss_recorder(losses)
@@ -550,7 +578,9 @@ def train_probed(recipe: str, overrides: list[str]) -> dict:
 SWEEP_METHODS = ("aot_paired", "aot_unpaired_paired_data", "dpo", "ipo")
 
 
-def sweep_runs(seeds=(0, 1), steps: int = 20, out_root: str = "/tmp/bench_probe/sweep") -> list[tuple[str, list[str]]]:
+def sweep_runs(seeds=(0, 1), steps: int = 20, out_root: str | None = None) -> list[tuple[str, list[str]]]:
+    """The sweep's (recipe, overrides); recipes relative to the repository root (the children's cwd)."""
+    out_root = out_root or f"{work_dir()}/sweep"
     runs = []
     for seed in seeds:
         for method in SWEEP_METHODS:
@@ -564,11 +594,12 @@ def sweep_runs(seeds=(0, 1), steps: int = 20, out_root: str = "/tmp/bench_probe/
     return runs
 
 
-def bench_cache(*, seeds=(0, 1), steps=20, repeats=2, root="/tmp/bench_probe/cache_bench") -> dict:
+def bench_cache(*, seeds=(0, 1), steps=20, repeats=2, root: str | None = None) -> dict:
     """The sweep end to end, each run a fresh process (as ``make sweep`` runs them): every run with its
     own empty datasets cache ("own": what TRL 1.16 amounts to, since its key changed with every seed,
     method, beta and output_dir) vs one cache shared by the sweep ("shared": ``trainer.SharedRefCache``).
     """
+    root = root or f"{work_dir()}/cache_bench"
     results = {"own": [], "shared": []}
     for rep in range(repeats):
         for side in (("own", "shared") if rep % 2 == 0 else ("shared", "own")):
@@ -632,7 +663,7 @@ def _saved_bytes(fn) -> int:
 
 def bench_loss(*, sizes=(64, 256, 1024, 4096, 16384, 65536), sorts=("hard", "soft", "soft_pav"), repeats=5,
                min_time=0.05, soft_max_n: int | None = None) -> dict:
-    from .loss import aot_loss
+    from aot_handbook.loss import aot_loss
 
     torch.manual_seed(0)
     out = {}
@@ -712,7 +743,7 @@ def scaling_exponents(res: dict) -> dict:
 def bench_generate(*, n_prompts=256, n_single=64, repeats=3, batch_size=256, max_new_tokens=5) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .tiny import generate, read_jsonl
+    from aot_handbook.tiny import generate, read_jsonl
 
     paths = tiny_paths()
     tok = AutoTokenizer.from_pretrained(paths["model"])
@@ -824,7 +855,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", help="also write every number to this file")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per process (default 1: on a shared machine, 2+ threads stall on each other)")
+    p.add_argument("--root", type=Path, default=ROOT,
+                   help="the repository checkout (its recipes/tiny and .cache/tiny); default: this file's checkout")
+    p.add_argument("--work-dir", default=None,
+                   help="scratch folder for runs and caches (default: a new temporary one)")
     a = p.parse_args(argv)
+    set_roots(a.root, a.work_dir)
     set_threads(a.threads)
     for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)

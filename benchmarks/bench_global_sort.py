@@ -6,8 +6,8 @@ drift and machine load hit both modes alike), and the table reports the median o
 timed steps of each mode. Also timed: the AOT objective alone (gather + sort + loss, forward)
 and a bare ``gather_with_grad`` of u and v plus its backward.
 
-    python scripts/bench_global_sort.py                # re-launches itself under torchrun, 2 processes
-    python scripts/bench_global_sort.py --nproc 3 --batch 32 --steps 30
+    python benchmarks/bench_global_sort.py                # re-launches itself under torchrun, 2 processes
+    python benchmarks/bench_global_sort.py --nproc 3 --batch 32 --steps 30
 
 Numbers on a loaded 2-core CPU machine are noisy: read the IQR column.
 """
@@ -63,8 +63,9 @@ def _worker(args):
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     from aot_handbook.configs import AOTConfig
+    from aot_handbook.io import read_jsonl
     from aot_handbook.tiny import ensure_tiny_assets
-    from aot_handbook.trainer import AOTTrainer, gather_with_grad
+    from aot_handbook.trainers import AOTTrainer, gather_with_grad
 
     torch.set_num_threads(args.threads)
     root = args.tiny_root or os.path.join(tempfile.gettempdir(), "aot_bench_tiny")
@@ -75,10 +76,7 @@ def _worker(args):
     dist.barrier()
     tiny = ensure_tiny_assets(root)
 
-    import json
-
-    with open(tiny["paired_train"]) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_jsonl(tiny["paired_train"])
     n_steps = args.warmup + 2 * args.steps
     # The mode of each step: warm-up alternates too; then blocks "on off" / "off on" in turn.
     modes = [i % 2 == 0 for i in range(args.warmup)]

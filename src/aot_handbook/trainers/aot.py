@@ -17,24 +17,23 @@ data-parallel ranks (docs/MATH.md sec. 6) and FSD diagnostics in the logs.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import math
 
 import torch
-import torch.distributed as dist
 from accelerate.utils import is_peft_model
-from datasets.fingerprint import Hasher
-from torch.utils.data import Sampler
 from trl import DPOTrainer, KTOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
-from .diagnostics import fsd_diagnostics
-from .loss import aot_loss
-from .packing import PackedPairs, completion_logps, pack_pairs, unsupported_reason
+from ..diagnostics import fsd_diagnostics
+from ..loss import aot_loss
+from ..packing import PackedPairs, completion_logps, pack_pairs, unsupported_reason
+from .baselines import mean_nll
+from .distributed import _multi_process, gather_with_grad
+from .reference import SharedRefCache
+from .sampler import BalancedLabelSampler
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("aot_handbook.trainers")
 
 _UV_NAMES = {  # docs/MATH.md sec. 2
     "aot_paired": ("U = policy chosen-rejected margins", "V = reference chosen-rejected margins"),
@@ -43,166 +42,6 @@ _UV_NAMES = {  # docs/MATH.md sec. 2
 # Batch keys that are not model inputs (TRL's DPO and KTO collators).
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", "label", "ref_logps"}
 _PACKABLE_KEYS = {"input_ids", "attention_mask", "completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
-
-
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate a 1-D tensor of any per-rank length over all ranks, keeping autograd.
-
-    The autograd all-gather's backward sums, for each rank's shard, the gradients every
-    rank sends back. Every rank computes the same global loss L, so a shard receives
-    R * dL/dshard; DDP/FSDP/ZeRO then average parameter gradients over the R ranks, which
-    gives exactly the gradient of the single-process loss on the global batch (tested).
-    """
-    from torch.distributed.nn.functional import all_gather
-
-    world = dist.get_world_size()
-    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([x.numel()], device=x.device))
-    sizes = [int(s) for s in sizes]
-    padded = torch.cat([x, x.new_zeros(max(sizes) - x.numel())])
-    return torch.cat([part[:n] for part, n in zip(all_gather(padded), sizes)])
-
-
-def mean_nll(per_token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood per completion token (TRL's DPO "sft" term), per rank.
-
-    With several ranks DDP averages the per-rank means, as TRL's "sft" term does, so unlike
-    the AOT term it is not the single-process value when ranks hold different token counts.
-    """
-    mask = mask.bool()
-    if not mask.any():  # a rank without positives this step (possible with the global sort)
-        return per_token_logps.sum() * 0.0
-    return -per_token_logps[mask].mean()
-
-
-def _multi_process() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-class _RefCacheArgs:
-    """What TRL's ``_prepare_dataset`` reads from the training arguments, and nothing else.
-
-    TRL (1.16) keys the precomputed reference log-probs by (tokenized dataset fingerprint, reference
-    weights hash). ``_prepare_dataset`` filters with a lambda closing over the whole config, which
-    ``datasets`` hashes into that fingerprint: every seed, method, beta or output_dir recomputed.
-    """
-
-    def __init__(self, args):
-        self.dataset_num_proc = args.dataset_num_proc
-        self.max_length = args.max_length
-        self.truncation_mode = getattr(args, "truncation_mode", None)
-        self.per_device_train_batch_size = args.per_device_train_batch_size  # KTO builds its KL pairs per batch
-
-
-def _zero3_partitioned(tensor) -> bool:
-    """A parameter DeepSpeed ZeRO-3 has split over the ranks: its ``.data`` is empty on every rank."""
-    return hasattr(tensor, "ds_id")
-
-
-def is_zero3_partitioned(model) -> bool:
-    return any(_zero3_partitioned(p) for p in model.parameters())
-
-
-def reference_weights_hash(model) -> str:
-    """sha256 of the weights the reference uses. A PEFT model's reference is the model with its adapters
-    disabled, so the adapters are left out (TRL hashes them too, and LoRA's init differs from run to run).
-
-    Under ZeRO-3 (``zero3_init_flag``) the weights are partitioned from load on, and ``state_dict()`` holds
-    empty tensors: hashing those would give every model of one architecture the same key, and a run would
-    read another model's cached reference log-probs. Each partitioned tensor is gathered here, one at a
-    time, on every rank (a collective: all ranks walk the same sorted keys), and hashed whole.
-    """
-    adapters = tuple(f".{name}." for name in getattr(model, "peft_config", {}))
-    h = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict(keep_vars=True).items()):
-        if adapters and any(a in key for a in adapters):
-            continue
-        gathered = contextlib.nullcontext()
-        if _zero3_partitioned(tensor):
-            import deepspeed
-
-            gathered = deepspeed.zero.GatheredParameters([tensor], modifier_rank=None)
-        with gathered:  # a copy: the gathered storage is released (and may be reused) on exit
-            tensor = tensor.detach().to("cpu", copy=_zero3_partitioned(tensor))
-        h.update(key.encode() + str(tensor.dtype).encode())
-        h.update((tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor).numpy().tobytes())
-    return h.hexdigest()
-
-
-class SharedRefCache:
-    """Mixin for TRL's DPO/KTO trainers: one reference log-prob cache per (data, tokenizer, truncation, reference)."""
-
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        return super()._prepare_dataset(dataset, processing_class, _RefCacheArgs(args), dataset_name)
-
-    def _precompute_ref_logps(self, dataset, name, batch_size):
-        if not getattr(self, "_ref_cache_keyed", False):  # once: train and eval splits share it
-            weights = self._precompute_model_hash
-            reference = self.accelerator.unwrap_model(self.ref_model if self.ref_model is not None else self.model)
-            if self.ref_model is None and hasattr(self.model, "peft_config"):  # reference = adapters disabled
-                weights = reference_weights_hash(self.model)
-            elif is_zero3_partitioned(reference):  # TRL's hash saw empty (partitioned) tensors
-                weights = reference_weights_hash(reference)
-            # Truncation (and DPO's ld_alpha) change the log-probs of the same rows; TRL keys them only
-            # through the filter's closure, which is absent with truncation_mode="keep_end".
-            args = self.args
-            self._precompute_model_hash = Hasher.hash(
-                (weights, args.max_length, getattr(args, "truncation_mode", None), getattr(args, "ld_alpha", None)))
-            self._ref_cache_keyed = True
-        return super()._precompute_ref_logps(dataset, name, batch_size)
-
-
-class HandbookDPOTrainer(SharedRefCache, DPOTrainer):
-    """TRL's DPOTrainer (dpo, ipo) sharing the reference log-prob cache with the AOT runs."""
-
-
-class HandbookKTOTrainer(SharedRefCache, KTOTrainer):
-    """TRL's KTOTrainer sharing the reference log-prob cache, plus ``nll_weight`` (``HandbookKTOConfig``).
-
-    The NLL term reuses the per-token log-probs of TRL's own forward pass over the batch (read with a
-    forward hook on the module TRL gave the fused LM head), so it costs no extra forward.
-
-    TRL's KTO reads the training rows in file order (``train_sampling_strategy="sequential"``: each
-    row's KL completion is its neighbour's), so its ``seed`` changed nothing without dropout. Here the
-    rows are shuffled with the seed first, then TRL pairs neighbours in that order as usual.
-    """
-
-    def __init__(self, *args, train_dataset=None, **kwargs):
-        config = kwargs.get("args")
-        if train_dataset is not None and config is not None and config.train_sampling_strategy == "sequential":
-            train_dataset = train_dataset.shuffle(seed=config.seed)
-        super().__init__(*args, train_dataset=train_dataset, **kwargs)
-
-    def _compute_loss(self, model, inputs, return_outputs):
-        weight = getattr(self.args, "nll_weight", 0.0)
-        if not weight:
-            return super()._compute_loss(model, inputs, return_outputs)
-        from peft import PeftModel
-
-        fused = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
-        ids, seen = inputs["input_ids"], []
-
-        def keep(module, args, kwargs, output):  # the batch's forward (not the KL or reference pass)
-            x = kwargs.get("input_ids")
-            if not seen and x is not None and x.data_ptr() == ids.data_ptr() and x.shape == ids.shape:
-                seen.append(output)
-
-        handle = fused.register_forward_hook(keep, with_kwargs=True)
-        try:
-            result = super()._compute_loss(model, inputs, return_outputs)
-        finally:
-            handle.remove()
-        if not seen:
-            raise RuntimeError("nll_weight: TRL's KTO forward over the batch was not seen (trl changed?)")
-        per_token_logps = seen[0].log_probs[:, -(ids.size(1) - 1):]
-        positive = torch.as_tensor(inputs["label"], dtype=torch.bool, device=per_token_logps.device)
-        nll = mean_nll(per_token_logps[positive], inputs["completion_mask"][positive, 1:])
-        mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["nll"].append(nll.item())
-        if return_outputs:
-            loss, outputs = result
-            return loss + weight * nll, outputs
-        return result + weight * nll
 
 
 class _AOTObjective:
@@ -377,46 +216,6 @@ class AOTTrainer(_AOTObjective, SharedRefCache, DPOTrainer):
             loss = loss + self.args.aot_nll_weight * nll
         self._log_rewards(mode, chosen_logratios, rejected_logratios, chosen_logps, rejected_logps)
         return (loss, outputs) if return_outputs else loss
-
-
-class BalancedLabelSampler(Sampler[int]):
-    """Index order whose every consecutive ``batch_size`` chunk holds both labels.
-
-    Each chunk draws ``round(share * batch_size)`` positives and the rest negatives, each
-    class from its own shuffled pool (reshuffled when used up), so positives and negatives
-    are drawn independently, as unpaired AOT assumes. The DataLoader batches the order by
-    ``batch_size``; accelerate hands whole batches to ranks, so every rank sees both classes.
-    """
-
-    def __init__(self, labels, batch_size: int, share: float = 0.5, seed: int = 0):
-        labels = torch.as_tensor(list(labels), dtype=torch.bool)
-        self.pos, self.neg = labels.nonzero().flatten(), (~labels).nonzero().flatten()
-        if len(self.pos) == 0 or len(self.neg) == 0:
-            raise ValueError(
-                f"unpaired AOT needs both labels, got {len(self.pos)} positive and {len(self.neg)} negative rows"
-            )
-        if batch_size < 2:
-            raise ValueError(f"unpaired AOT needs per-device batch size >= 2 (one of each label), got {batch_size}")
-        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
-        self.n_pos = min(max(round(share * batch_size), 1), batch_size - 1)
-        self.n_batches = math.ceil(len(labels) / batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _stream(self, pool, generator):
-        while True:
-            yield from pool[torch.randperm(len(pool), generator=generator)].tolist()
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        pos, neg = self._stream(self.pos, g), self._stream(self.neg, g)
-        for _ in range(self.n_batches):
-            chunk = [next(pos) for _ in range(self.n_pos)] + [next(neg) for _ in range(self.batch_size - self.n_pos)]
-            yield from (chunk[i] for i in torch.randperm(len(chunk), generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n_batches * self.batch_size
 
 
 class _NotForAOT(logging.Filter):

@@ -1,13 +1,16 @@
 #!/bin/bash
 # Multi-node training on SLURM: one `accelerate launch` per node, each starting GPUS_PER_NODE processes.
 #
-#   sbatch scripts/slurm_launch.sh RECIPE [--key value ...]                  # 1 node x 8 GPUs (the paper)
-#   sbatch --nodes 2 scripts/slurm_launch.sh RECIPE [--key value ...]        # 2 nodes x 8 GPUs
-#   ACCELERATE_CONFIG=recipes/accelerate_configs/zero3.yaml sbatch scripts/slurm_launch.sh RECIPE
-#   DRY_RUN=1 bash scripts/slurm_launch.sh RECIPE ...                        # print the command only
+#   sbatch slurm_launch.sh RECIPE [--key value ...]                  # 1 node x 8 GPUs (the paper)
+#   sbatch --nodes 2 slurm_launch.sh RECIPE [--key value ...]        # 2 nodes x 8 GPUs
+#   ACCELERATE_CONFIG=recipes/accelerate_configs/zero3.yaml sbatch slurm_launch.sh RECIPE
+#   DRY_RUN=1 bash slurm_launch.sh RECIPE ...                        # print the command only
+#
+# This file is installed with the package (aot-sweep --slurm submits it); its path:
+#   python -c "import aot_handbook.sweep as s; print(s.SLURM_LAUNCHER)"
 #
 # Environment: ACCELERATE_CONFIG (default recipes/accelerate_configs/fsdp.yaml), GPUS_PER_NODE (8),
-# MAIN_PORT (29500), PYTHON (python). Submit from the repository root. AOT note: with more GPUs the
+# MAIN_PORT (29500), PYTHON (python). Submit from the folder the recipe paths are relative to. AOT note: with more GPUs the
 # global batch grows; the per-GPU batch (what the paper's per-GPU sort sees) stays the recipe's.
 #SBATCH --job-name=aot
 #SBATCH --nodes=1
@@ -19,7 +22,7 @@
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
-    echo "usage: sbatch [--nodes N] scripts/slurm_launch.sh RECIPE [--key value ...]" >&2
+    echo "usage: sbatch [--nodes N] slurm_launch.sh RECIPE [--key value ...]" >&2
     exit 2
 fi
 RECIPE=$1
@@ -45,7 +48,7 @@ ARGS=$(printf '%q ' "$RECIPE" "$@")
 LAUNCH="$PYTHON -m accelerate.commands.launch --config_file $ACCELERATE_CONFIG \
  --num_machines $NUM_NODES --num_processes $WORLD_SIZE --machine_rank \${SLURM_PROCID:-0} \
  --main_process_ip $MAIN_HOST --main_process_port $MAIN_PORT --rdzv_backend static \
- scripts/train.py $ARGS"
+ -m aot_handbook.cli train $ARGS"
 
 if [ -n "${DRY_RUN:-}" ]; then
     echo "srun --ntasks-per-node=1 --nodes=$NUM_NODES bash -c \"$LAUNCH\""
