@@ -146,17 +146,19 @@ def test_a_failing_cell_does_not_lose_the_others(tmp_path, monkeypatch):
     assert Path(good.output_dir, "run.json").is_file() and (grid.results_dir / good.name / "tiny.json").is_file()
 
 
-def _scratch(tmp_path, monkeypatch):
+def _scratch(tmp_path, monkeypatch, sft_steps=20):
     """The real tiny recipes, spec and eval recipe in a scratch folder; a short SFT stage."""
     for sub in ("recipes/tiny", "recipes/eval"):
         shutil.copytree(REPO / sub, tmp_path / sub)
     sft = tmp_path / "recipes" / "tiny" / "sft.yaml"
-    sft.write_text(yaml.safe_dump({**yaml.safe_load(sft.read_text()), "max_steps": 20}))
+    sft.write_text(yaml.safe_dump({**yaml.safe_load(sft.read_text()), "max_steps": sft_steps}))
     monkeypatch.chdir(tmp_path)
 
 
 def test_quick_grid_end_to_end_and_resumes(tmp_path, monkeypatch):
-    _scratch(tmp_path, monkeypatch)
+    # 200 SFT steps: the on-policy data stage needs answers both right and wrong (150 steps: 17 of 512 right;
+    # 20 steps: none, and then no pairs and no positives to train on)
+    _scratch(tmp_path, monkeypatch, sft_steps=200)
     command = [sys.executable, str(REPO / "scripts" / "reproduce_tiny.py"), "--quick"]
     first = subprocess.run(command, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
