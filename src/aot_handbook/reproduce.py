@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
 SPEC = "recipes/tiny/reproduce.yaml"
 SPEC_KEYS = {"output_root", "results_dir", "evaluation", "fixed", "seeds", "quick", "sweeps", "onpolicy"}
-ONPOLICY_KEYS = {"results_dir", "data", "data_overrides", "sweeps", "rounds", "round_seeds", "rounds_overrides"}
+ONPOLICY_KEYS = {"results_dir", "data", "data_overrides", "sweeps", "fixed", "rounds", "round_seeds",
+                 "rounds_overrides"}
 
 
 @dataclass
@@ -172,6 +173,9 @@ def _load_onpolicy(spec: dict, seeds: list[int], spec_path: str, seen: set, eval
             own, moved = str(parse_pairs_recipe(recipe).output_dir), str(cfg.output_dir)
     if not isinstance(block["sweeps"], dict):
         raise SweepError(f"{where}: 'sweeps' must map names to sweeps")
+    if not isinstance(block.get("fixed") or {}, dict):
+        raise SweepError(f"{where}: 'fixed' must be a mapping of recipe keys to values")
+    spec = {**spec, "fixed": {**(spec.get("fixed") or {}), **(block.get("fixed") or {})}}  # its runs and rounds
     runs, _ = _expand(spec, block["sweeps"], seeds, spec_path, "onpolicy.sweeps", seen)
     if own != moved:
         runs = [_moved_data(run, block["data"], own, moved) for run in runs]
@@ -348,9 +352,15 @@ def _rounds(op: OnPolicy, seed: int) -> bool:
                              *(["--requires", *requires] if requires else [])], op.grid.late)
     cfg = dataclasses.replace(cfg, seed=cfg.seed + 1000 * seed, train_overrides=train_args)
     run_rounds(cfg, recipe_path=op.rounds, overrides=args)
+    # Every round is compared with the rounds' start (a round's own start is a merged model, not a run, and the
+    # evaluation would compare the round with itself).
+    evaluation = yaml.safe_load(Path(op.grid.evaluation).read_text())
+    evaluation.setdefault("tiny_task", {})["reference"] = cfg.model
+    eval_file = op.rounds_dir(seed) / "evaluation.yaml"
+    eval_file.write_text(yaml.safe_dump(evaluation, sort_keys=False))
     for r, policy in enumerate(policies, 1):
         if not _fresh(_round_result(op, seed, r), str(policy)):
-            evaluate(str(policy), op.grid.evaluation, results_dir=op.round_results(seed, r))
+            evaluate(str(policy), str(eval_file), results_dir=op.round_results(seed, r))
     return True
 
 
@@ -554,10 +564,10 @@ def rounds_table(op: OnPolicy, results: list[dict]) -> Table:
     caption = (f"Tiny task, iterative on-policy rounds ({op.rounds}): round r samples answers from round r-1's "
                "policy (round 1 from the SFT model), judges them by program and trains AOT paired (LoRA, no NLL) "
                "from that policy on its best-vs-worst pairs; one run per round and seed, [95% interval over "
-               "prompts]. Win rate against the round's own start; the last two columns describe the round's data")
+               "prompts]. Win rate against the SFT model; the last two columns describe the round's data")
     return Table("tiny-rounds", caption, ("Round", "Seed"),
-                 [("Accuracy", ACC[1]), ("Carry", "tiny:carry"), ("No carry", "tiny:no_carry"),
-                  ("Win rate vs its start", WIN[1]), *ROUND_COLUMNS], rows)
+                 [("Accuracy", ACC[1]), ("Carry", "tiny:carry"), ("No carry", "tiny:no_carry"), WIN,
+                  *ROUND_COLUMNS], rows)
 
 
 def _write_table(table, results: list[dict], out_dir: Path) -> Path:
