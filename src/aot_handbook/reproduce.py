@@ -194,6 +194,9 @@ def _moved_data(run: SweepRun, data_recipe: str, own: str, moved: str) -> SweepR
             if isinstance(f, str) and Path(f).parent == Path(own):
                 files[split] = str(Path(moved) / Path(f).name)
     requires = [r for r in raw.get("requires") or [] if Path(r) != Path(data_recipe)]
+    if not requires and raw.get("requires"):  # an empty list cannot be passed as an override
+        raise SweepError(f"{run.base}: requires only {data_recipe}, so its data cannot be moved to {moved}; "
+                         "add the run it starts from to its 'requires'")
     overrides = {**run.overrides, "dataset_mixture": mixture, **({"requires": requires} if requires else {})}
     return SweepRun(run.name, run.base, overrides, run.output_dir)
 
