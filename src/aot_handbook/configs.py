@@ -137,6 +137,30 @@ class AOTUnpairedConfig(AOTArguments, KTOConfig):
         return "aot_unpaired"
 
 
+@dataclass
+class AOTMultiConfig(AOTUnpairedConfig):
+    """Multi-attribute unpaired AOT (method ``aot_multi``; ``multi_reward.py``, docs/MULTI_REWARD.md):
+    ``sum_k w_k OT_h(U_k, V_k)`` over the attributes the dataset block lists, with these weights."""
+
+    aot_attributes: dict | str | None = field(
+        default=None,
+        metadata={"help": "Attribute -> weight, e.g. {helpfulness: 1.0, verbosity: 0.5}; each attribute must be "
+                          "listed in the dataset block's `attributes`. On the command line: JSON."},
+    )
+
+    def __post_init__(self):
+        if isinstance(self.aot_attributes, str):  # a command-line override arrives as text
+            self.aot_attributes = yaml.safe_load(self.aot_attributes)
+        if not isinstance(self.aot_attributes, dict) or not self.aot_attributes:
+            raise ValueError(f"aot_attributes must map attribute names to weights, got {self.aot_attributes!r}")
+        for name, w in self.aot_attributes.items():
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
+                raise ValueError(f"aot_attributes.{name} must be a number >= 0, got {w!r}")
+        if not any(self.aot_attributes.values()):
+            raise ValueError("aot_attributes: every weight is 0")
+        super().__post_init__()
+
+
 _NLL_HELP = ("Weight of an added NLL term on the chosen/positive completions (mean per token), as AOT's "
              "aot_nll_weight; 0 = off.")
 
@@ -177,7 +201,7 @@ class RecipeArguments:
     """Recipe keys that are neither model nor trainer arguments."""
 
     method: str = field(
-        default="", metadata={"help": f"One of {sorted(['aot_paired', 'aot_unpaired', 'dpo', 'ipo', 'kto', 'sft'])}."})
+        default="", metadata={"help": f"One of {sorted(['aot_multi', 'aot_paired', 'aot_unpaired', 'dpo', 'ipo', 'kto', 'sft'])}."})
     dataset_mixture: dict | str | None = field(
         default=None, metadata={"help": "Datasets block; see data.py. On the command line: JSON (or YAML flow)."}
     )
@@ -204,6 +228,7 @@ class RecipeArguments:
 METHODS: dict[str, tuple[type, str, str | None]] = {
     "aot_paired": (AOTConfig, "paired", "aot_paired"),
     "aot_unpaired": (AOTConfig, "paired_or_unpaired", "aot_unpaired"),
+    "aot_multi": (AOTMultiConfig, "unpaired", None),  # multi-attribute unpaired AOT (multi_reward.py)
     "dpo": (HandbookDPOConfig, "paired", "sigmoid"),
     "ipo": (HandbookDPOConfig, "paired", "ipo"),
     "kto": (HandbookKTOConfig, "unpaired", "kto"),
@@ -262,7 +287,7 @@ def _check_values(method: str, args, path: str) -> None:
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"{path}: key 'learning_rate' must be a finite number > 0, got {lr}")
     # unpaired AOT needs a positive and a negative in every batch; TRL's KTO estimates its KL term from the batch
-    least = 2 if method in ("aot_unpaired", "kto") else 1
+    least = 2 if method in ("aot_unpaired", "aot_multi", "kto") else 1
     for key, low in (("per_device_train_batch_size", least), ("per_device_eval_batch_size", 1),
                      ("gradient_accumulation_steps", 1)):
         if getattr(args, key) < low:

@@ -115,6 +115,9 @@ def parse_attributes(block, where: str) -> dict[str, dict]:
 def attribute_labels(ds, attributes: dict[str, dict], cuts: dict | None, at: str):
     """Add one bool column ``label_<name>`` per attribute; returns ``(ds, cuts)``.
 
+    The aggregate ``label`` (what the batch sampler balances) is the data's own (a ``label`` column or
+    the ``binarize`` block), else the majority vote of the attribute labels (ties negative).
+
     ``label = score > cut`` (higher is better) or ``score < cut`` (lower); at the median, ties go
     negative either way. ``cuts`` from the train split are reused for the test split. Raises, naming the
     column, when a score column is missing, not numeric or has missing values, and, on the train split,
@@ -145,6 +148,9 @@ def attribute_labels(ds, attributes: dict[str, dict], cuts: dict | None, at: str
                              f"(column '{col}', {spec['direction']} is better, cut {cuts[name]:g}): nothing to learn")
         ds = ds.remove_columns([c for c in [LABEL_PREFIX + name] if c in ds.column_names])
         ds = ds.add_column(LABEL_PREFIX + name, [bool(b) for b in label])
+    if "label" not in ds.column_names:  # no label column nor binarize block: the majority of the attributes
+        votes = np.mean([ds[c] for c in attribute_columns(attributes)], axis=0)
+        ds = ds.add_column("label", [bool(v > 0.5) for v in votes])
     return ds, cuts
 
 

@@ -87,6 +87,10 @@ class StopOnNonFinite(TrainerCallback):
 
 
 def _trainer_class(method: str, training_args):
+    if method == "aot_multi":
+        from .multi_reward import MultiAttributeAOTTrainer
+
+        return MultiAttributeAOTTrainer
     if method in ("aot_paired", "aot_unpaired"):
         return UnpairedAOTTrainer if isinstance(training_args, AOTUnpairedConfig) else AOTTrainer
     return {"dpo": HandbookDPOTrainer, "ipo": HandbookDPOTrainer, "kto": HandbookKTOTrainer, "sft": SFTTrainer}[method]
@@ -114,6 +118,10 @@ def load_data(recipe: Recipe):
     """The recipe's data in its method's format (and, for truly unpaired rows, the recipe parsed for the
     KTO-based trainer); refused when the train split is smaller than one batch."""
     mixture = DatasetMixture.from_dict(recipe.recipe.dataset_mixture, source=recipe.path)
+    if recipe.method == "aot_multi":  # every weight names a listed attribute, before any data loads
+        from .multi_reward import check_weights
+
+        check_weights(recipe.training.aot_attributes, mixture, recipe.path)
     data = load_mixture(mixture, target=METHODS[recipe.method][1])
     if recipe.method == "aot_unpaired" and _is_unpaired(data["train"]):
         recipe = parse_recipe(recipe.path, recipe.overrides, config_class=AOTUnpairedConfig)
@@ -179,6 +187,8 @@ def summarize(recipe: Recipe, trainer, data, out: Path) -> dict:
                     {recipe.method: (stats["policy_margins"], stats["reference_margins"], "policy", "reference")},
                     out / "quantiles_margins.png", title="Held-out chosen-rejected margins (paper Fig. 1b)")),
             }
+    if hasattr(trainer, "attribute_summary"):  # aot_multi: per-attribute FSD diagnostics and empty batches
+        summary["attributes"] = trainer.attribute_summary()
     if recipe.recipe.tiny_assets:
         from .tiny import ensure_tiny_assets, read_jsonl, task_accuracy
 
@@ -398,6 +408,8 @@ def _redacted(raw: dict) -> dict:
 def describe_loss(method: str, args) -> str:
     if method.startswith("aot"):
         text = f"{args.aot_variant} (AOT, penalty={args.aot_penalty}, sort={args.aot_sort}, beta={args.beta})"
+        if getattr(args, "aot_attributes", None):
+            text += f" on attributes {args.aot_attributes}"
         if args.aot_nll_weight:
             text += f" + {args.aot_nll_weight} x NLL(chosen)"
         return text
