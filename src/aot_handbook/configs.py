@@ -201,7 +201,8 @@ class RecipeArguments:
     """Recipe keys that are neither model nor trainer arguments."""
 
     method: str = field(
-        default="", metadata={"help": f"One of {sorted(['aot_multi', 'aot_paired', 'aot_unpaired', 'dpo', 'ipo', 'kto', 'sft'])}."})
+        default="",
+        metadata={"help": f"One of {sorted(['aot_multi', 'aot_paired', 'aot_unpaired', 'dpo', 'ipo', 'kto', 'sft'])}"})
     dataset_mixture: dict | str | None = field(
         default=None, metadata={"help": "Datasets block; see data.py. On the command line: JSON (or YAML flow)."}
     )
