@@ -31,17 +31,20 @@ METHODS = {"sft": "recipes/tiny/multi/sft.yaml", "aot_multi": "recipes/tiny/mult
            "aot_aggregated": "recipes/tiny/multi/aot_unpaired.yaml"}
 
 
+TAG = ""  # --tag: a variant of the AOT runs (e.g. "-nonll" with --aot-override --aot_nll_weight 0)
+
+
 def run_dir(method: str, seed: int) -> str:
-    return f"runs/tiny-multi-{method}-s{seed}"
+    return f"runs/tiny-multi-{method}{TAG if method != 'sft' else ''}-s{seed}"
 
 
-def train_all(seeds):
+def train_all(seeds, aot_overrides=()):
     for seed in seeds:
         sft = run_dir("sft", seed)
         train(METHODS["sft"], ["--seed", str(seed), "--output_dir", sft])
         for method in ("aot_multi", "aot_aggregated"):
             train(METHODS[method], ["--seed", str(seed), "--output_dir", run_dir(method, seed),
-                                    "--model_name_or_path", sft])
+                                    "--model_name_or_path", sft, *aot_overrides])
 
 
 def evaluate(seeds, rows):
@@ -61,9 +64,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default="results/tiny_multi")
+    p.add_argument("--tag", default="", help="suffix of the AOT run folders of a variant")
+    p.add_argument("--aot-override", nargs=argparse.REMAINDER, default=[],
+                   help="recipe overrides for both AOT methods (last option), e.g. --aot_nll_weight 0")
     args = p.parse_args(argv)
+    global TAG
+    TAG = args.tag
     paths = ensure_assets()
-    train_all(args.seeds)
+    train_all(args.seeds, args.aot_override)
     rows = read_jsonl(paths["eval_prompts"])
     scores = evaluate(args.seeds, rows)
 
