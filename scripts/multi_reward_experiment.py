@@ -76,7 +76,7 @@ def main(argv=None):
     scores = evaluate(args.seeds, rows)
 
     per_seed = {f"{m}/s{s}": summarize_scores(scores[m, s], rows) for m in METHODS for s in args.seeds}
-    keys = [*ATTRIBUTES, "both", "sum_carry"]
+    keys = [*ATTRIBUTES, "both", "sum_carry", "sum_no_carry"]
     table = {}
     for m in METHODS:
         vals = {k: [per_seed[f"{m}/s{s}"][k] for s in args.seeds] for k in keys}
@@ -98,7 +98,8 @@ def main(argv=None):
         pair["verdict"] = (f"{pair['x']} > {pair['y']}" if pair["ratio"] < 0.5 else f"{pair['y']} > {pair['x']}") \
             if q < 0.05 else f"{pair['x']} ~ {pair['y']}"
 
-    lines = ["| method | sum | format | both | sum (carry prompts) |", "|---|---|---|---|---|"]
+    lines = ["| method | sum | format | both | sum (carry prompts) | sum (no-carry prompts) |",
+             "|---|---|---|---|---|---|"]
     for m in METHODS:
         t = table[m]
         lines.append(f"| {m} | " + " | ".join(f"{t[k][0]:.3f} ± {t[k][1]:.3f}" for k in keys) + " |")

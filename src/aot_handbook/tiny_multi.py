@@ -102,12 +102,13 @@ def attribute_scores(model, tokenizer, rows: list[dict]) -> list[dict[str, bool]
 
 
 def summarize_scores(scores: list[dict[str, bool]], rows: list[dict]) -> dict[str, float]:
-    """Accuracy per attribute, both at once, and ``sum`` on carry problems."""
+    """Accuracy per attribute, both at once, and ``sum`` on carry and on no-carry problems."""
     n = len(scores)
     out = {a: sum(s[a] for s in scores) / n for a in ATTRIBUTES}
     out["both"] = sum(all(s.values()) for s in scores) / n
-    carry = [s["sum"] for s, r in zip(scores, rows) if has_carry(r["prompt"])]
-    out["sum_carry"] = sum(carry) / len(carry) if carry else float("nan")
+    for name, want in (("sum_carry", True), ("sum_no_carry", False)):
+        sub = [s["sum"] for s, r in zip(scores, rows) if has_carry(r["prompt"]) == want]
+        out[name] = sum(sub) / len(sub) if sub else float("nan")
     out["n"] = n
     return out
 
