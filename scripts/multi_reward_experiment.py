@@ -4,7 +4,8 @@
     OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/multi_reward_experiment.py [--seeds 0 1 2]
 
 For each seed: SFT (recipes/tiny/multi/sft.yaml), then from that SFT model multi-attribute AOT
-(aot_multi.yaml) and AOT on the aggregated label (aot_unpaired.yaml), each with that seed. Every run
+(aot_multi.yaml), AOT on the aggregated label (aot_unpaired.yaml) and the NLL-only control
+(nll_control.yaml), each with that seed. Every run
 is evaluated greedily on the 600 held-out prompts, each answer judged on both attributes; the table
 gives per-attribute accuracy (mean and spread over seeds), and the multivariate dominance test
 (``dominance.multivariate_relative``, and pairwise ratios with Holm-corrected p-values) ranks the
@@ -28,23 +29,25 @@ from aot_handbook.tiny import read_jsonl
 from aot_handbook.tiny_multi import ATTRIBUTES, attribute_scores, ensure_assets, summarize_scores
 
 METHODS = {"sft": "recipes/tiny/multi/sft.yaml", "aot_multi": "recipes/tiny/multi/aot_multi.yaml",
-           "aot_aggregated": "recipes/tiny/multi/aot_unpaired.yaml"}
+           "aot_aggregated": "recipes/tiny/multi/aot_unpaired.yaml",
+           "nll_control": "recipes/tiny/multi/nll_control.yaml"}
+AOT = ("aot_multi", "aot_aggregated")
 
 
 TAG = ""  # --tag: a variant of the AOT runs (e.g. "-nonll" with --aot-override --aot_nll_weight 0)
 
 
 def run_dir(method: str, seed: int) -> str:
-    return f"runs/tiny-multi-{method}{TAG if method != 'sft' else ''}-s{seed}"
+    return f"runs/tiny-multi-{method}{TAG if method in AOT else ''}-s{seed}"
 
 
 def train_all(seeds, aot_overrides=()):
     for seed in seeds:
         sft = run_dir("sft", seed)
         train(METHODS["sft"], ["--seed", str(seed), "--output_dir", sft])
-        for method in ("aot_multi", "aot_aggregated"):
+        for method in (*AOT, "nll_control"):
             train(METHODS[method], ["--seed", str(seed), "--output_dir", run_dir(method, seed),
-                                    "--model_name_or_path", sft, *aot_overrides])
+                                    "--model_name_or_path", sft, *(aot_overrides if method in AOT else ())])
 
 
 def evaluate(seeds, rows):
