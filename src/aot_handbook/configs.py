@@ -213,6 +213,10 @@ class RecipeArguments:
         default=None,
         metadata={"help": "Recipes whose runs must exist first (trained if missing), e.g. the SFT stage."}
     )
+    tiny_multi_assets: str | None = field(
+        default=None, metadata={"help": "Build the tiny multi-attribute task (aot_handbook.tiny_multi) into this "
+                                        "folder if missing (its base model: the tiny one, under .cache/tiny)."}
+    )
     tiny_assets: str | None = field(
         default=None, metadata={"help": "Build the offline tiny model and task into this folder if missing."}
     )

@@ -204,7 +204,8 @@ def summarize(recipe: Recipe, trainer, data, out: Path) -> dict:
 OUTPUT_ONLY_KEYS = ("output_dir", "overwrite_output_dir", "logging_", "save_", "report_to", "run_name", "summary",
                     "disable_tqdm", "push_to_hub", "hub_", "resume_from_checkpoint", "log_level", "log_on_each_node",
                     "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor",
-                    "local_rank", "requires", "tiny_assets", "trackio_", "project", "skip_memory_metrics")
+                    "local_rank", "requires", "tiny_assets", "trackio_", "project", "skip_memory_metrics",
+                    "tiny_multi_assets")
 
 
 def _output_only(key: str) -> bool:
@@ -339,6 +340,11 @@ def train(recipe_path: str, overrides: list[str] | None = None) -> Path:
         # building the assets too would publish a base model folder without weights.
         with recipe.training.main_process_first(desc="tiny assets"):
             ensure_tiny_assets(recipe.recipe.tiny_assets)
+    if recipe.recipe.tiny_multi_assets:  # issue 19's tiny task (aot_handbook.tiny_multi)
+        from .tiny_multi import ensure_assets
+
+        with recipe.training.main_process_first(desc="tiny multi assets"):
+            ensure_assets(recipe.recipe.tiny_multi_assets)
     for required in recipe.recipe.requires or []:
         from .pairs import main as build_data
         from .pairs import pairs_output

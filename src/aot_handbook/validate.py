@@ -154,6 +154,10 @@ def validate_recipe(path: str | Path, _seen: frozenset = frozenset(), launchers:
         from .tiny import ensure_tiny_assets
 
         ensure_tiny_assets(raw["tiny_assets"])
+    if isinstance(raw, dict) and raw.get("tiny_multi_assets"):  # likewise, the tiny multi-attribute task
+        from .tiny_multi import ensure_assets
+
+        ensure_assets(raw["tiny_multi_assets"])
     try:
         recipe = parse_recipe(path, overrides)
     except (ValueError, FileNotFoundError) as err:
