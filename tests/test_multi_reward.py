@@ -251,6 +251,7 @@ def _tiny_recipe(tmp_path, tiny_multi, **changes):
     raw["dataset_mixture"]["datasets"][0]["data_files"] = {
         "train": str(tiny_multi["unpaired_train"]), "test": str(tiny_multi["unpaired_test"])}
     raw |= {"model_name_or_path": str(tiny_multi["base_model"]), "output_dir": str(tmp_path / "run"),
+            "tiny_multi_assets": str(Path(tiny_multi["unpaired_train"]).parents[2]),  # built already: a no-op
             "max_steps": 3, "logging_steps": 1, "per_device_train_batch_size": 16, "learning_rate": 1e-3,
             "precompute_ref_log_probs": False, **changes}
     path = tmp_path / "aot_multi.yaml"

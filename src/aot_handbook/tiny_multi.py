@@ -79,9 +79,11 @@ def build_task(seed: int = 0) -> dict[str, list[dict]]:
     }
 
 
-def ensure_assets(root: str | Path = ".cache/tiny_multi", *, tiny_root: str | Path = ".cache/tiny",
+def ensure_assets(root: str | Path = ".cache/tiny_multi", *, tiny_root: str | Path | None = None,
                   seed: int = 0) -> dict[str, Path]:
-    """The tiny base model (``aot_handbook.tiny``) and this task's splits under ``root``; idempotent."""
+    """The tiny base model (``aot_handbook.tiny``, under ``tiny_root``: default ``tiny`` beside ``root``, so
+    ``.cache/tiny``) and this task's splits under ``root``; idempotent."""
+    tiny_root = Path(root).parent / "tiny" if tiny_root is None else tiny_root
     paths = {"base_model": ensure_tiny_assets(tiny_root, seed=seed)["base_model"]}
     home = Path(root) / f"v{TASK_VERSION}-seed{seed}" / "data"
     home.mkdir(parents=True, exist_ok=True)
@@ -124,7 +126,7 @@ def main(argv=None):
     e.add_argument("--out", help="write per-sample attribute vectors of every run to this JSON file")
     for q in (b, e):
         q.add_argument("--root", default=".cache/tiny_multi")
-        q.add_argument("--tiny-root", default=".cache/tiny")
+        q.add_argument("--tiny-root", default=None, help="default: tiny/ beside --root")
     args = p.parse_args(argv)
     paths = ensure_assets(args.root, tiny_root=args.tiny_root)
     if args.command == "build":
