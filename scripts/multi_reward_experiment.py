@@ -30,8 +30,9 @@ from aot_handbook.tiny_multi import ATTRIBUTES, attribute_scores, ensure_assets,
 
 METHODS = {"sft": "recipes/tiny/multi/sft.yaml", "aot_multi": "recipes/tiny/multi/aot_multi.yaml",
            "aot_aggregated": "recipes/tiny/multi/aot_unpaired.yaml",
+           "aot_aggregated_format2x": "recipes/tiny/multi/aot_unpaired_format2x.yaml",
            "nll_control": "recipes/tiny/multi/nll_control.yaml"}
-AOT = ("aot_multi", "aot_aggregated")
+AOT = ("aot_multi", "aot_aggregated", "aot_aggregated_format2x")
 
 
 TAG = ""  # --tag: a variant of the AOT runs (e.g. "-nonll" with --aot-override --aot_nll_weight 0)
