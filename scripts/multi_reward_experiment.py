@@ -4,7 +4,8 @@
     OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/multi_reward_experiment.py [--seeds 0 1 2]
 
 For each seed: SFT (recipes/tiny/multi/sft.yaml), then from that SFT model multi-attribute AOT
-(aot_multi.yaml), AOT on the aggregated label (aot_unpaired.yaml) and the NLL-only control
+(aot_multi.yaml), AOT on the aggregated label (aot_unpaired.yaml), AOT on an aggregate that trades
+(aot_unpaired_format2x.yaml) and the NLL-only control
 (nll_control.yaml), each with that seed. Every run
 is evaluated greedily on the 600 held-out prompts, each answer judged on both attributes; the table
 gives per-attribute accuracy (mean and spread over seeds), and the multivariate dominance test
