@@ -49,6 +49,7 @@ METHOD_TITLE = {
     "dpo": "DPO baseline (TRL loss_type sigmoid)",
     "ipo": "IPO baseline (TRL loss_type ipo)",
     "kto": "KTO baseline (TRL KTOTrainer)",
+    "aot_multi": "Multi-attribute AOT unpaired (dominance on every attribute, docs/MULTI_REWARD.md)",
 }
 
 
@@ -130,6 +131,77 @@ dataset_mixture:
       conversational: true  # [choice] plain text -> user/assistant turns, so Merlinite's template applies
   seed: 0  # [choice]"""
 
+HELPSTEER_MULTI_BLOCK = """\
+# --- data ---
+# HelpSteer's five attribute scores (0-4), each binarized on its own at the train split's median (ties
+# negative): one label per attribute (docs/MULTI_REWARD.md) instead of the one summed label of
+# helpsteer-aot_unpaired.yaml. That summed label stays as the aggregate the batch sampler balances.
+dataset_mixture:
+  datasets:
+    - path: nvidia/HelpSteer
+      train_split: train
+      test_split: validation
+      columns: {completion: response}
+      conversational: true  # [choice] plain text -> user/assistant turns, so Merlinite's template applies
+      binarize:  # [paper] the aggregate label of helpsteer-aot_unpaired.yaml (sampler balance only)
+        score: [helpfulness, correctness, coherence, complexity, verbosity]
+        threshold: median
+      attributes:
+        helpfulness: {threshold: median}  # [choice] median per attribute, as the paper's sum
+        correctness: {threshold: median}  # [choice]
+        coherence: {threshold: median}  # [choice]
+        complexity: {threshold: median}  # [choice]
+        verbosity: {direction: lower, threshold: median}  # [choice] lower is better: pushes against length
+  seed: 0  # [choice]"""
+
+BEAVERTAILS_CATEGORIES = {  # our attribute name -> BeaverTails' harm flag (a key of its `category` struct)
+    "animal_abuse": "animal_abuse",
+    "child_abuse": "child_abuse",
+    "controversial_topics": "controversial_topics,politics",
+    "discrimination": "discrimination,stereotype,injustice",
+    "drugs_weapons": "drug_abuse,weapons,banned_substance",
+    "financial_crime": "financial_crime,property_crime,theft",
+    "hate_speech": "hate_speech,offensive_language",
+    "misinformation": "misinformation_regarding_ethics,laws_and_safety",
+    "unethical_behavior": "non_violent_unethical_behavior",
+    "privacy_violation": "privacy_violation",
+    "self_harm": "self_harm",
+    "sexually_explicit": "sexually_explicit,adult_content",
+    "terrorism": "terrorism,organized_crime",
+    "violence": "violence,aiding_and_abetting,incitement",
+}
+
+BEAVERTAILS_MULTI_BLOCK = """\
+# --- data ---
+# PKU-Alignment/BeaverTails 330k (see pku-beavertails-aot_unpaired.yaml): one label per harm category,
+# positive = the answer is NOT flagged for it (the flags are 0/1: lower is better, cut 0.5), read from the
+# nested `category` struct (flattened to `category.<flag>` columns). `is_safe` stays the aggregate label the
+# batch sampler balances. Rare categories often have no flagged answer in a batch: their term is 0 there
+# (logged as rewards/<attribute>/empty).
+dataset_mixture:
+  datasets:
+    - path: PKU-Alignment/BeaverTails
+      train_split: 330k_train
+      test_split: 330k_test
+      columns: {completion: response, label: is_safe}
+      conversational: true  # [choice] plain text -> user/assistant turns, so Merlinite's template applies
+      attributes:
+""" + "\n".join(f"        {ours}: {{score: \"category.{theirs}\", direction: lower, threshold: 0.5}}"
+              for ours, theirs in BEAVERTAILS_CATEGORIES.items()) + """
+  seed: 0  # [choice]"""
+
+MULTI_WEIGHTS = {
+    "helpsteer": """\
+aot_attributes:  # [choice] equal weights; verbosity is a cost (direction: lower above), at half weight
+  helpfulness: 1.0
+  correctness: 1.0
+  coherence: 1.0
+  complexity: 1.0
+  verbosity: 0.5""",
+    "pku-beavertails": "aot_attributes:  # [choice] every harm category weighs the same\n" + "\n".join(
+        f"  {ours}: 1.0" for ours in BEAVERTAILS_CATEGORIES),
+}
+
 AOT_BLOCK = """\
 # --- AOT ---
 beta: 0.01  # [paper] Sec. 5 and Fig. 3: beta = 0.01 for all experiments
@@ -156,7 +228,7 @@ undesirable_weight: 1.0  # [trl] default"""
 def train_block(method: str, unpaired_data: bool) -> str:
     positive_share = (
         "\naot_positive_share: 0.5  # [choice] half positives, half negatives in each batch (sampler draws both)"
-        if method == "aot_unpaired" and unpaired_data else ""
+        if method in ("aot_unpaired", "aot_multi") and unpaired_data else ""
     )
     return f"""\
 # --- optimisation ---
@@ -206,11 +278,16 @@ def recipe(model: str, method: str, data: str = "ultrafeedback") -> tuple[str, s
         title = f"{METHOD_TITLE[method]}; {hub_id} on {name}, unpaired by median binarization."
         where = "Appendix H, Tables 8-9 (AOT unpaired vs KTO on unpaired data)."
         data_block = {"helpsteer": HELPSTEER_BLOCK, "pku-beavertails": BEAVERTAILS_BLOCK}[data]
+        if method == "aot_multi":
+            title = f"{METHOD_TITLE[method]}; {hub_id} on {name}, one median-binarized label per attribute."
+            data_block = {"helpsteer": HELPSTEER_MULTI_BLOCK, "pku-beavertails": BEAVERTAILS_MULTI_BLOCK}[data]
     method_block = AOT_BLOCK if method.startswith("aot") else "# --- method ---\n" + BASELINE_BETA[method]
     if method.startswith("aot") and data == "ultrafeedback":  # paired data: AOTTrainer
         method_block += "\n" + SHARE_PROMPT
     if method == "kto":
         method_block += "\n" + KTO_EXTRA
+    if method == "aot_multi":
+        method_block += "\n" + MULTI_WEIGHTS[data]
     parts = [
         HEADER.format(title=title, where=where),
         f"method: {method}\n",
@@ -226,7 +303,7 @@ def recipe(model: str, method: str, data: str = "ultrafeedback") -> tuple[str, s
 def all_recipes() -> dict[str, str]:
     files = dict(recipe(model, method) for model in BASE_MODELS for method in METHODS)
     for data in ("helpsteer", "pku-beavertails"):
-        files.update(dict(recipe("merlinite-7b", method, data) for method in ("aot_unpaired", "kto")))
+        files.update(dict(recipe("merlinite-7b", method, data) for method in ("aot_unpaired", "kto", "aot_multi")))
     return files
 
 

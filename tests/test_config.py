@@ -152,7 +152,8 @@ def test_an_old_run_folder_without_resolved(tiny, tmp_path):
 def test_every_registered_method_parses_with_its_classes(tiny, tmp_path, name):
     method = METHODS[name]
     data = tiny["unpaired_train"] if method.data == "unpaired" else tiny["paired_train"]
-    path = _recipe(tmp_path, tiny, method=name, per_device_train_batch_size=4,
+    extra = {"aot_attributes": {"good": 1.0}} if name == "aot_multi" else {}  # its one required key
+    path = _recipe(tmp_path, tiny, method=name, per_device_train_batch_size=4, **extra,
                    dataset_mixture={"datasets": [{"data_files": {"train": str(data)}, "test_split": None}]})
     r = parse_recipe(path)
     assert type(r.training) is method.config_class()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import yaml
 from trl import DPOConfig, KTOConfig
 
 from .loss import PENALTIES, SORTS
@@ -130,6 +131,30 @@ class AOTUnpairedConfig(AOTArguments, KTOConfig):
         return "aot_unpaired"
 
 
+@dataclass
+class AOTMultiConfig(AOTUnpairedConfig):
+    """Multi-attribute unpaired AOT (method ``aot_multi``; ``multi_reward.py``, docs/MULTI_REWARD.md):
+    ``sum_k w_k OT_h(U_k, V_k)`` over the attributes the dataset block lists, with these weights."""
+
+    aot_attributes: dict | str | None = field(
+        default=None,
+        metadata={"help": "Attribute -> weight, e.g. {helpfulness: 1.0, verbosity: 0.5}; each attribute must be "
+                          "listed in the dataset block's `attributes`. On the command line: JSON."},
+    )
+
+    def __post_init__(self):
+        if isinstance(self.aot_attributes, str):  # a command-line override arrives as text
+            self.aot_attributes = yaml.safe_load(self.aot_attributes)
+        if not isinstance(self.aot_attributes, dict) or not self.aot_attributes:
+            raise ValueError(f"aot_attributes must map attribute names to weights, got {self.aot_attributes!r}")
+        for name, w in self.aot_attributes.items():
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
+                raise ValueError(f"aot_attributes.{name} must be a number >= 0, got {w!r}")
+        if not any(self.aot_attributes.values()):
+            raise ValueError("aot_attributes: every weight is 0")
+        super().__post_init__()
+
+
 _NLL_HELP = ("Weight of an added NLL term on the chosen/positive completions (mean per token), as AOT's "
              "aot_nll_weight; 0 = off.")
 
@@ -180,6 +205,10 @@ class RecipeArguments:
     requires: list[str] | None = field(
         default=None,
         metadata={"help": "Recipes whose runs must exist first (trained if missing), e.g. the SFT stage."}
+    )
+    tiny_multi_assets: str | None = field(
+        default=None, metadata={"help": "Build the tiny multi-attribute task (aot_handbook.tiny_multi) into this "
+                                        "folder if missing (its base model: the tiny one, under .cache/tiny)."}
     )
     tiny_assets: str | None = field(
         default=None, metadata={"help": "Build the offline tiny model and task into this folder if missing."}

@@ -12,6 +12,8 @@ takes them: the trainers apply chat templates. Keys of one dataset entry (defaul
     infer_prompt: false                           # paired data without a prompt column: true = take the
                                                   # common prefix of chosen and rejected as the prompt (TRL)
     binarize: {score: [helpfulness, coherence], threshold: median}  # label = sum of scores > threshold
+    attributes: {helpfulness: {}, verbosity: {direction: lower}}   # one label per attribute (label_<name>),
+                                                  # for method aot_multi; see multi_reward.parse_attributes
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class DatasetSpec:
     binarize: dict[str, Any] | None = None
     conversational: bool = False  # wrap plain text as user/assistant turns, so the chat template applies
     infer_prompt: bool = False  # no prompt column: the common prefix of chosen and rejected is the prompt
+    attributes: dict[str, dict] | None = None  # multi-attribute labels (multi_reward.parse_attributes)
 
     @property
     def title(self) -> str:
@@ -98,7 +101,7 @@ class DatasetSpec:
         opt = lambda t: (t, NONE)  # noqa: E731
         types = {"path": opt(str), "name": opt(str), "revision": opt(str), "data_files": opt(dict),
                  "train_split": str, "test_split": opt(str), "weight": (int, float), "columns": opt(dict),
-                 "binarize": opt(dict), "conversational": bool, "infer_prompt": bool}
+                 "binarize": opt(dict), "conversational": bool, "infer_prompt": bool, "attributes": opt(dict)}
         spec = cls(**_check_keys(d, where, source, types))
         bad = lambda key, why: ValueError(f"{source}: '{where}{key}' {why}")  # noqa: E731
         if not 0 < spec.weight <= 1:
@@ -129,6 +132,11 @@ class DatasetSpec:
             if t != "median" and (isinstance(t, bool) or not isinstance(t, (int, float))):
                 raise bad(".binarize.threshold", f"must be \"median\" or a number, got {t!r}")
         ours = {c for cols in FORMATS.values() for c in cols} | set(_as_list((spec.binarize or {}).get("score", [])))
+        if spec.attributes is not None:
+            from .multi_reward import parse_attributes
+
+            spec.attributes = parse_attributes(spec.attributes, f"{source}: {where}.attributes")
+            ours |= {a["score"] for a in spec.attributes.values()}
         for name in spec.columns or {}:  # a typo on our side would silently drop their column
             if name not in ours:
                 raise bad(".columns", f"maps their column '{spec.columns[name]}' to '{name}', which is none of ours "
@@ -282,7 +290,8 @@ def _as_turns(row: dict) -> dict:
 
 
 def _to_own_format(ds: datasets.Dataset, target: str, drop_empty: bool, at: str,
-                   conversational: bool = False, infer_prompt: bool = False) -> tuple[datasets.Dataset, str]:
+                   conversational: bool = False, infer_prompt: bool = False,
+                   keep: tuple[str, ...] = ()) -> tuple[datasets.Dataset, str]:
     """Check the columns, keep only those of the data's own format, validate labels and text."""
     cols = set(ds.column_names)
     if target == "paired" and "label" in cols and not {"chosen", "rejected"} <= cols:
@@ -300,7 +309,7 @@ def _to_own_format(ds: datasets.Dataset, target: str, drop_empty: bool, at: str,
         # the prompt is implicit, e.g. ultrafeedback_binarized: a plain prompt column, but chosen/rejected are
         # whole conversations that start with the user turn; TRL splits off their common prefix as the prompt
         ds = ds.map(maybe_extract_prompt, remove_columns=[c for c in ["prompt"] if c in cols])
-    ds = ds.select_columns(list(FORMATS[kind]))
+    ds = ds.select_columns(list(FORMATS[kind]) + list(keep))  # keep: the attribute labels (multi_reward)
     if conversational and not _is_conversational(ds.features["prompt"]):
         ds = ds.map(_as_turns)
     if kind == "unpaired":
@@ -364,12 +373,19 @@ def load_mixture(mixture: DatasetMixture, *, target: str) -> datasets.DatasetDic
         raise ValueError("dataset_mixture.unpair is true but this method needs paired data")
     parts = []  # (where, "train" or "test", dataset, its own format)
     for i, spec in enumerate(mixture.datasets):
-        where, cut = f"dataset_mixture.datasets[{i}] ({spec.title})", None
+        where, cut, cuts = f"dataset_mixture.datasets[{i}] ({spec.title})", None, None
         for key, split in (("train", spec.train_split), ("test", spec.test_split)):
             if split is not None:  # train comes first, so its score cut is reused for test
                 at = f"dataset_mixture.datasets[{i}] ({_split_title(spec, split)}), split '{split}'"
                 ds, cut = _rename_and_binarize(_load_split(spec, split, at), spec, cut, at)
-                ds, kind = _to_own_format(ds, target, mixture.drop_empty, at, spec.conversational, spec.infer_prompt)
+                keep = ()
+                if spec.attributes:  # one label per attribute; train's cuts reused for test
+                    from .multi_reward import attribute_columns, attribute_labels
+
+                    ds, cuts = attribute_labels(ds, spec.attributes, cuts, at)
+                    keep = tuple(attribute_columns(spec.attributes))
+                ds, kind = _to_own_format(ds, target, mixture.drop_empty, at, spec.conversational, spec.infer_prompt,
+                                          keep)
                 if key == "train" and spec.weight < 1:  # round, not int(): 0.29 * 100 = 28.999...
                     ds = ds.shuffle(seed=mixture.seed).select(range(round(spec.weight * len(ds))))
                 parts.append((where, key, ds, kind))

@@ -59,6 +59,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("aot_unpaired", f"{_CONFIGS}.AOTConfig", f"{_TRAINER}.AOTTrainer", "paired_or_unpaired", "aot_unpaired",
            "AOT unpaired", aot=True, nll_key="aot_nll_weight", unpaired_config=f"{_CONFIGS}.AOTUnpairedConfig",
            unpaired_trainer=f"{_TRAINER}.UnpairedAOTTrainer"),
+    # multi-attribute unpaired AOT (docs/MULTI_REWARD.md): unpaired rows with one label per attribute
+    Method("aot_multi", f"{_CONFIGS}.AOTMultiConfig", "aot_handbook.multi_reward.MultiAttributeAOTTrainer", "unpaired",
+           None, None, aot=True, nll_key="aot_nll_weight"),
     Method("dpo", f"{_CONFIGS}.HandbookDPOConfig", f"{_TRAINER}.HandbookDPOTrainer", "paired", "sigmoid", "DPO",
            nll_key="nll_weight"),
     Method("kto", f"{_CONFIGS}.HandbookKTOConfig", f"{_TRAINER}.HandbookKTOTrainer", "unpaired", "kto", "KTO",

@@ -35,7 +35,7 @@ from .methods import METHODS
 from .model_utils import check_model_path, load_model, load_tokenizer, weight_files
 from .plots import quantile_plot
 from .recipe import Recipe, parse_recipe
-from .tasks import asset_keys, task_of
+from .tasks import asset_keys, get_task, task_of
 
 
 class RecipeError(ValueError):
@@ -111,6 +111,10 @@ def load_data(recipe: Recipe):
     loaded rows (re-parsed once where the format picks the config class: aot_unpaired on truly unpaired rows
     runs on the KTO-based one); refused when the train split is smaller than one batch."""
     mixture = DatasetMixture.from_dict(recipe.recipe.dataset_mixture, source=recipe.path)
+    if recipe.method == "aot_multi":  # every weight names a listed attribute, before any data loads
+        from .multi_reward import check_weights
+
+        check_weights(recipe.training.aot_attributes, mixture, recipe.path)
     method = METHODS[recipe.method]
     data = load_mixture(mixture, target=method.data)
     fmt = data_format(data["train"], recipe.method)
@@ -179,7 +183,10 @@ def summarize(recipe: Recipe, trainer, data, out: Path) -> dict:
                     {recipe.method: (stats["policy_margins"], stats["reference_margins"], "policy", "reference")},
                     out / "quantiles_margins.png", title="Held-out chosen-rejected margins (paper Fig. 1b)")),
             }
+    if hasattr(trainer, "attribute_summary"):  # aot_multi: per-attribute FSD diagnostics and empty batches
+        summary["attributes"] = trainer.attribute_summary()
     if task is not None:
+        summary["task"] = task.name
         summary["task_accuracy"] = task.summarize(model, trainer.processing_class, reference, vars(recipe.recipe))
     return summary
 
@@ -391,6 +398,8 @@ def _redacted(raw: dict) -> dict:
 def describe_loss(method: str, args) -> str:
     if METHODS[method].aot:
         text = f"{args.aot_variant} (AOT, penalty={args.aot_penalty}, sort={args.aot_sort}, beta={args.beta})"
+        if getattr(args, "aot_attributes", None):
+            text += f" on attributes {args.aot_attributes}"
         if args.aot_nll_weight:
             text += f" + {args.aot_nll_weight} x NLL(chosen)"
         return text
@@ -406,11 +415,7 @@ def print_summary(summary: dict) -> None:
     lines = ["", "=" * 72, "Summary (held-out data)", f"  loss used: {summary['loss']}"]
     acc = summary.get("task_accuracy")
     if acc:
-        for who in ("reference", "aligned"):
-            if who in acc:
-                a = acc[who]
-                lines.append(f"  task accuracy, {who:9s}: {a['accuracy']:.3f} (carry {a['carry']:.3f}, "
-                             f"no-carry {a['no_carry']:.3f}; greedy, judged by program, n={a['n']})")
+        lines += get_task(summary["task"]).summary_lines(acc)
     h = summary.get("heldout")
     if h:
         lines += [

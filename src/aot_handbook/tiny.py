@@ -403,6 +403,11 @@ class TinyTask(Task):
             out["reference"] = task_accuracy(reference, tokenizer, rows)
         return out
 
+    def summary_lines(self, block):
+        return [f"  task accuracy, {who:9s}: {a['accuracy']:.3f} (carry {a['carry']:.3f}, "
+                f"no-carry {a['no_carry']:.3f}; greedy, judged by program, n={a['n']})"
+                for who in ("reference", "aligned") if (a := block.get(who))]
+
     def evaluate(self, run, recipe, work):
         """Greedy accuracy judged by program, the win rate against the run it started from (per prompt: right
         where that one is wrong = win, equal = tie), and the Fig. 1 statistics on the held-out pairs."""

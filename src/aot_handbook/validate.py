@@ -143,6 +143,7 @@ def validate_recipe(path: str | Path, _seen: frozenset = frozenset(), launchers:
     from .loss import PENALTIES, SORTS
     from .methods import METHODS
     from .recipe import parse_recipe
+    from .tasks import task_of
 
     path = str(path)
     overrides = _cpu_overrides(path)
@@ -150,11 +151,9 @@ def validate_recipe(path: str | Path, _seen: frozenset = frozenset(), launchers:
         raw = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as err:
         raise _fail(path, None, f"cannot read YAML: {err}") from None
-    if isinstance(raw, dict) and raw.get("tiny_assets"):
-        # The offline pipeline's data files are built on first use (as `train` does), not committed.
-        from .tiny import ensure_tiny_assets
-
-        ensure_tiny_assets(raw["tiny_assets"])
+    task = task_of(raw) if isinstance(raw, dict) else None
+    if task is not None:  # a task's data files are built on first use (as `train` does), not committed
+        task.ensure_assets(task.assets_root(raw))
     try:
         recipe = parse_recipe(path, overrides)
     except (ValueError, FileNotFoundError) as err:

@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 
 # Built-in tasks: name -> the module that registers it on import (imported when first asked for).
-BUILTIN = {"tiny": "aot_handbook.tiny"}
+BUILTIN = {"tiny": "aot_handbook.tiny", "tiny_multi": "aot_handbook.tiny_multi"}
 _REGISTRY: dict[str, Task] = {}
 
 
@@ -75,6 +75,12 @@ class Task:
         """The task's block of the end-of-run summary (``summary["task_accuracy"]``): ``{"aligned": ...}`` and,
         when ``reference`` is a model, ``"reference"``."""
         raise NotImplementedError
+
+    def summary_lines(self, block: dict) -> list[str]:
+        """The printed lines of the summary block :meth:`summarize` returned (one per model, every number)."""
+        return [f"  task accuracy, {who:9s}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                                        for k, v in block[who].items())
+                for who in ("reference", "aligned") if who in block]
 
     def evaluate(self, run, recipe: dict, work: Path) -> tuple[dict, dict, dict | None]:
         """An evaluation of ``kind: eval_kind``: ``(scores, details, judge)`` for ``save_result``; options are

@@ -247,6 +247,10 @@ class UnpairedAOTTrainer(_AOTObjective, SharedRefCache, KTOTrainer):
     def _get_eval_sampler(self, eval_dataset):
         return self._balanced(eval_dataset, self.args.per_device_eval_batch_size, 0)
 
+    def _unpaired_objective(self, logratios, positive, mode):
+        """The loss of the batch's log-ratios: AOT of the positives over the negatives (multi_reward overrides)."""
+        return self._aot_objective(logratios[positive], logratios[~positive], mode)
+
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
         model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
@@ -264,7 +268,7 @@ class UnpairedAOTTrainer(_AOTObjective, SharedRefCache, KTOTrainer):
 
         positive = torch.as_tensor(inputs["label"], dtype=torch.bool, device=logps.device)
         logratios = logps - ref_logps
-        loss = self._aot_objective(logratios[positive], logratios[~positive], mode)
+        loss = self._unpaired_objective(logratios, positive, mode)
         if self.args.aot_nll_weight:
             nll = mean_nll(per_token_logps[positive], inputs["completion_mask"][positive, 1:])
             self._metrics[mode]["nll"].append(nll.item())
