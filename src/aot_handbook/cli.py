@@ -20,9 +20,10 @@ def _parser(prog: str, description: str, example: str) -> argparse.ArgumentParse
 
 
 def train(argv: list[str] | None = None) -> int:
+    from .methods import METHODS
+
     p = _parser("aot-train", "Train one recipe into its run folder (output_dir): the recipe's `method` picks the "
-                "trainer (aot_paired, aot_unpaired, dpo, ipo, kto, sft); a recipe it `requires` whose run is "
-                "missing is trained first.",
+                f"trainer ({', '.join(METHODS)}); a recipe it `requires` whose run is missing is trained first.",
                 "  aot-train recipes/tiny/aot_unpaired.yaml --max_steps 20 --beta 0.05\n"
                 "  accelerate launch --config_file recipes/accelerate_configs/fsdp.yaml -m aot_handbook.cli train \\\n"
                 "      recipes/merlinite-7b/aot_unpaired.yaml")

@@ -95,15 +95,21 @@ def score(prompt: str, completion: str) -> float:
         return -100.0
 
 
-def build_task(seed: int = 0, flaw_rate: float = FLAW_RATE) -> dict[str, list[dict]]:
-    """All splits as lists of rows. Held-out prompts never appear in a train split."""
-    rng = random.Random(seed)
+def split_prompts(rng: random.Random, sizes: dict[str, int]) -> tuple[dict[str, list[str]], list[str]]:
+    """Every ``a+b=`` prompt of two 2-digit numbers, shuffled by ``rng``: the held-out splits of ``sizes`` (name ->
+    count) first, then the rest for training, so held-out prompts never appear in a train split."""
     prompts = [f"{a}+{b}=" for a in range(10, 100) for b in range(10, 100)]
     rng.shuffle(prompts)
     held, start = {}, 0
-    for name, n in SPLIT_SIZES.items():
+    for name, n in sizes.items():
         held[name], start = prompts[start:start + n], start + n
-    train = prompts[start:]
+    return held, prompts[start:]
+
+
+def build_task(seed: int = 0, flaw_rate: float = FLAW_RATE) -> dict[str, list[dict]]:
+    """All splits as lists of rows. Held-out prompts never appear in a train split."""
+    rng = random.Random(seed)
+    held, train = split_prompts(rng, SPLIT_SIZES)
 
     def sft_row(p):
         wrong = has_carry(p) and rng.random() < flaw_rate

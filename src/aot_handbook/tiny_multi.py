@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .io import read_jsonl, write_jsonl
 from .tasks import Task, register_task
-from .tiny import answer, ensure_tiny_assets, generate, has_carry, wrong_answer
+from .tiny import answer, ensure_tiny_assets, generate, has_carry, split_prompts, wrong_answer
 
 TASK_VERSION = 1  # bump when the task changes, so stale caches are not reused
 FLAW_RATES = {"sum": 0.6, "format": 0.6}  # SFT data: carry dropped (carry problems only), period appended
@@ -52,12 +52,7 @@ def _answer(prompt: str, *, sum_ok: bool, format_ok: bool) -> str:
 def build_task(seed: int = 0) -> dict[str, list[dict]]:
     """All splits as lists of rows; held-out prompts never appear in a train split."""
     rng = random.Random(seed)
-    prompts = [f"{a}+{b}=" for a in range(10, 100) for b in range(10, 100)]
-    rng.shuffle(prompts)
-    held, start = {}, 0
-    for name, n in SPLIT_SIZES.items():
-        held[name], start = prompts[start:start + n], start + n
-    train = prompts[start:]
+    held, train = split_prompts(rng, SPLIT_SIZES)
 
     def sft_row(p):
         dropped = has_carry(p) and rng.random() < FLAW_RATES["sum"]
