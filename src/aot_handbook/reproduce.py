@@ -525,7 +525,8 @@ def _seeds(results: list[dict]) -> str:
 def onpolicy_table(results: list[dict]) -> Table:
     """tabletiny-onpolicy: every on-policy method from the same SFT model, mean ± std over seeds, each seed's
     accuracy, the 95% interval over prompts, and the Fig. 1 statistics on held-out pairs."""
-    from .tables import ACC, FIG1, WIN, Row, Table
+    from .tables import Row, Table
+    from .tiny import ACC, FIG1, WIN
 
     runs = [r for r in results if r["run"].get("recipe_name") != "sft"]
     rows = [Row((label, "NLL only" if stem == "nll_control" else "no NLL"), {"method": m, "recipe_name": stem})
@@ -561,7 +562,8 @@ def rounds_results(op: OnPolicy) -> list[dict]:
 
 def rounds_table(op: OnPolicy, results: list[dict]) -> Table:
     """tabletiny-rounds: per round seed, the SFT start then each round's policy (sampled from the one before)."""
-    from .tables import ACC, WIN, Row, Table
+    from .tables import Row, Table
+    from .tiny import ACC, WIN
 
     rows = []
     for seed in op.round_seeds if op.rounds else []:
