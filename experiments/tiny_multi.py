@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 from pathlib import Path
 
 import numpy as np
 
-from aot_handbook import dominance as D
+from aot_handbook.compare import joint_test
 from aot_handbook.io import read_jsonl
 from aot_handbook.run import train
 from aot_handbook.tiny_multi import ATTRIBUTES, attribute_scores, ensure_assets, summarize_scores
@@ -89,19 +88,8 @@ def main(argv=None):
     # per prompt: each attribute averaged over the seeds (the same prompts, in the same order, for every method)
     vectors = {m: np.mean([[[s_[a] for a in ATTRIBUTES] for s_ in scores[m, s]] for s in args.seeds], axis=0)
                for m in METHODS}
-    rel = D.multivariate_relative(vectors, paired=True)
-    names = list(METHODS)
-    pairs, raw_p = [], []
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            r = D.multivariate_violation_ratio(vectors[a], vectors[b], paired=True)
-            z = (r.ratio - 0.5) / r.se
-            pairs.append({"x": a, "y": b, "ratio": r.ratio, "se": r.se})
-            raw_p.append(2 * (1 - 0.5 * (1 + math.erf(abs(z) / math.sqrt(2)))))
-    for pair, q in zip(pairs, D.adjust_p(np.array(raw_p), "holm")):
-        pair["p_holm"] = float(q)
-        pair["verdict"] = (f"{pair['x']} > {pair['y']}" if pair["ratio"] < 0.5 else f"{pair['y']} > {pair['x']}") \
-            if q < 0.05 else f"{pair['x']} ~ {pair['y']}"
+    joint = joint_test(vectors)  # the multivariate ranking of `make compare --joint`, on these vectors
+    pairs = [{**q, "p_holm": q["p_corrected"]} for q in joint["pairs"]]
 
     lines = ["| method | sum | format | both | sum (carry prompts) | sum (no-carry prompts) |",
              "|---|---|---|---|---|---|"]
@@ -110,9 +98,9 @@ def main(argv=None):
         lines.append(f"| {m} | " + " | ".join(f"{t[k][0]:.3f} ± {t[k][1]:.3f}" for k in keys) + " |")
     lines += ["", "multivariate one-versus-all ratio (lower is better; 95% CLT interval):", "",
               "| rank | method | ratio | 95% CI |", "|---|---|---|---|"]
-    for rank, m in enumerate(rel.ranking, 1):
-        i = rel.names.index(m)
-        lines.append(f"| {rank} | {m} | {rel.eps[i]:.3f} | [{rel.ci[i][0]:.3f}, {rel.ci[i][1]:.3f}] |")
+    for rank, m in enumerate(joint["ranking"], 1):
+        i = joint["names"].index(m)
+        lines.append(f"| {rank} | {m} | {joint['eps'][i]:.3f} | [{joint['ci'][i][0]:.3f}, {joint['ci'][i][1]:.3f}] |")
     lines += ["", "pairwise multivariate violation ratio eps(x, y) (0: x dominates y), Holm-corrected p of "
               "eps = 0.5:", "", "| x | y | eps(x, y) | se | p (Holm) | verdict |", "|---|---|---|---|---|---|"]
     lines += [f"| {q['x']} | {q['y']} | {q['ratio']:.3f} | {q['se']:.3f} | {q['p_holm']:.2g} | {q['verdict']} |"
@@ -123,7 +111,7 @@ def main(argv=None):
     (out / "table.md").write_text(text + "\n")
     (out / "results.json").write_text(json.dumps({
         "seeds": args.seeds, "per_seed": per_seed, "table": table, "pairs": pairs,
-        "relative": {"names": rel.names, "eps": rel.eps.tolist(), "ci": rel.ci.tolist(), "ranking": rel.ranking},
+        "relative": {k: joint[k] for k in ("names", "eps", "ci", "ranking")},
         "per_sample": {f"{m}/s{s}": [[int(x[a]) for a in ATTRIBUTES] for x in scores[m, s]]
                        for m in METHODS for s in args.seeds},
     }, indent=1))

@@ -97,6 +97,35 @@ def test_make_compare_ranks_with_p_values_and_writes_table_and_figure(planted, c
     assert (out / "compare_tiny_accuracy.png").stat().st_size > 10_000
 
 
+def test_joint_ranking_on_several_metrics(planted, capsys):
+    """--joint: one ranking on all metrics at once (multivariate dominance), equal to dominance.multivariate_relative
+    on the per-prompt vectors built by hand (each metric rescaled to [0, 1] over the runs)."""
+    from aot_handbook import dominance as D
+
+    names = ("weak1", "strong", "weak2")
+    runs = [str(planted["runs"][n]) for n in names]
+    out = planted["root"] / "out_joint"
+    metrics = ["tiny:accuracy", "tiny:win_rate_vs_sft"]
+    rc = C.main([*runs, "--eval", str(planted["recipe"]), "--metrics", *metrics, "--joint", "--n-boot", "400",
+                 "--results-dir", str(planted["root"] / "results"), "--out-dir", str(out)])
+    assert rc == 0 and "jointly" in capsys.readouterr().out
+    text = (out / "compare_joint.md").read_text()
+    assert "| 1 | strong |" in text and "| strong > weak1 |" in text and "| weak1 ~ weak2 |" in text
+    results = planted["root"] / "results"
+    raw = {n: np.array([[r[m] for m in metrics] for r in read_samples(results / n / "tiny80.json")]) for n in names}
+    lo, hi = np.min([v.min(0) for v in raw.values()], 0), np.max([v.max(0) for v in raw.values()], 0)
+    span = np.where(hi > lo, hi - lo, 1.0)  # a metric equal everywhere (a run's win rate against itself) is 0
+    by_hand = {n: np.where(hi > lo, (v - lo) / span, 0.0) for n, v in raw.items()}
+    expected = D.multivariate_relative(by_hand, paired=True)
+    res = C.compare(runs, eval_name=str(planted["recipe"]), metrics=metrics, joint=True, n_boot=400,
+                    results_dir=planted["root"] / "results", out_dir=out, progress=False)
+    assert res["joint"]["ranking"] == expected.ranking
+    np.testing.assert_allclose(res["joint"]["eps"], expected.eps, rtol=1e-9)
+    with pytest.raises(ValueError, match="several metrics"):
+        C.compare(runs, eval_name=str(planted["recipe"]), metrics=metrics[:1], joint=True,
+                  results_dir=planted["root"] / "results", out_dir=out, progress=False)
+
+
 def test_make_target_passes_runs_eval_and_metrics():
     cmd = subprocess.run(["make", "-n", "compare", "RUNS=runs/a runs/b", "EVAL=recipes/eval/tiny.yaml",
                           "METRICS=tiny:accuracy", "PYTHON=python3"],

@@ -9,7 +9,10 @@ For one evaluation and each metric, from the per-sample scores every evaluation 
 - the pairwise verdicts (``aot_handbook.dominance.relative_test``: permutation p-values,
   Holm-corrected over the pairs; paired over prompts when every run answered the same ones);
 - a figure per metric: the quantile functions with 95% bootstrap bands (first order) and the
-  integrated quantile functions (second order).
+  integrated quantile functions (second order);
+- with ``--joint`` (several metrics, e.g. the attributes of a multi-reward evaluation): one ranking on all
+  of them at once, by the multivariate violation ratio (``dominance.multivariate_relative``; entropic OT
+  with CLT intervals), and the pairwise ratios with Holm-corrected p-values (``compare_joint.md``).
 """
 
 from __future__ import annotations
@@ -144,11 +147,50 @@ def _figure(metric: str, scores: dict[str, np.ndarray], path: Path, n_band: int 
     return path
 
 
+def joint_test(vectors: dict[str, np.ndarray], *, alpha: float = 0.05, correction: str = "holm") -> dict:
+    """Runs ranked on several metrics jointly: ``vectors`` is run -> (n, d) per-sample score vectors, rows paired
+    over prompts. The one-versus-all multivariate ratio (lower is better, (1 - alpha) CLT interval) and, per
+    pair, ``eps(x, y)`` (0: x dominates y) with a two-sided normal p-value of ``eps = 0.5`` (the two
+    interchangeable), corrected over the pairs."""
+    rel = D.multivariate_relative(vectors, paired=True, alpha=alpha)
+    names = list(vectors)
+    pairs = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            r = D.multivariate_violation_ratio(vectors[a], vectors[b], paired=True, alpha=alpha)
+            z = (r.ratio - 0.5) / r.se
+            pairs.append({"x": a, "y": b, "ratio": r.ratio, "se": r.se, "p": math.erfc(abs(z) / math.sqrt(2))})
+    for pair, q in zip(pairs, D.adjust_p(np.array([x["p"] for x in pairs]), correction)):
+        pair["p_corrected"] = float(q)
+        better, worse = (pair["x"], pair["y"]) if pair["ratio"] < 0.5 else (pair["y"], pair["x"])
+        pair["verdict"] = f"{better} > {worse}" if q < alpha else f"{pair['x']} ~ {pair['y']}"
+    return {"names": rel.names, "eps": rel.eps.tolist(), "ci": rel.ci.tolist(), "ranking": rel.ranking,
+            "pairs": pairs, "alpha": alpha, "correction": correction}
+
+
+def _joint_vectors(data: dict, metrics: list[str]) -> dict[str, np.ndarray]:
+    """run -> (n, d): each run's per-sample scores of ``metrics`` on the prompts every run and metric share, in
+    one order; each metric rescaled to [0, 1] by its range over all runs, so no metric's units set the cost."""
+    runs = list(data[metrics[0]])
+    shared = set.intersection(*(set(data[m][r][0]) for m in metrics for r in runs))
+    if not shared:
+        raise ValueError(f"--joint: no prompt has every metric {metrics} for every run")
+    order = [i for i in data[metrics[0]][runs[0]][0] if i in shared]
+    columns = {}
+    for m in metrics:
+        per_run = {r: dict(zip(*data[m][r])) for r in runs}
+        values = np.array([[per_run[r][i] for i in order] for r in runs])
+        lo, hi = values.min(), values.max()
+        columns[m] = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    return {r: np.stack([columns[m][k] for m in metrics], axis=1) for k, r in enumerate(runs)}
+
+
 def compare(runs: list[str], *, eval_name: str | None = None, metrics: list[str] | None = None,
             results_dir: str | Path = RESULTS_DIR, out_dir: str | Path | None = None, order: int = 1,
             alpha: float = 0.05, n_boot: int = 1000, paired: str = "auto", correction: str = "holm",
-            seed: int = 0, progress: bool = True) -> dict:
-    """Rank the runs per metric; write the tables and figures; return the tests and the paths."""
+            seed: int = 0, progress: bool = True, joint: bool = False) -> dict:
+    """Rank the runs per metric (and, with ``joint``, on all metrics at once); write the tables and figures;
+    return the tests and the paths."""
     from .tables import Table, to_csv, to_latex, to_markdown
 
     ev, data = load_scores(runs, eval_name, metrics, results_dir)
@@ -189,7 +231,27 @@ def compare(runs: list[str], *, eval_name: str | None = None, metrics: list[str]
                       columns=[(h, h) for h in grid[0][len(headers):]], rows=[])
         for ext, text in (("md", to_markdown(table, grid)), ("csv", to_csv(grid)), ("tex", to_latex(table, grid))):
             paths[f"{stem}.{ext}"] = write_text(out / f"{stem}.{ext}", text)
-    return {"evaluation": ev, "tests": tests, "paths": paths, "figures": figures, "n_boot": n_boot}
+    result = {"evaluation": ev, "tests": tests, "paths": paths, "figures": figures, "n_boot": n_boot}
+    if joint:
+        if len(data) < 2:
+            raise ValueError(f"--joint ranks runs on several metrics at once; got {list(data)}")
+        vectors = _joint_vectors(data, list(data))
+        jt = joint_test(vectors, alpha=alpha, correction=correction)
+        lines = [f"# {ev}: runs ranked on {', '.join(data)} jointly", "",
+                 "Multivariate violation ratio (entropic OT, logistic cost; each metric rescaled to [0, 1] over all "
+                 f"runs; paired over {len(next(iter(vectors.values())))} prompts); lower "
+                 f"is better; {100 * (1 - alpha):.0f}% CLT interval.", "",
+                 "| Rank | Run | eps (one vs all) | CI |", "|---|---|---|---|"]
+        for rank, name in enumerate(jt["ranking"], 1):
+            i = jt["names"].index(name)
+            lines.append(f"| {rank} | {name} | {jt['eps'][i]:.3f} | [{jt['ci'][i][0]:.3f}, {jt['ci'][i][1]:.3f}] |")
+        lines += ["", f"Pairwise eps(x, y) (0: x dominates y), p of eps = 0.5 ({correction}):", "",
+                  "| x | y | eps(x, y) | se | p | verdict |", "|---|---|---|---|---|---|"]
+        lines += [f"| {q['x']} | {q['y']} | {q['ratio']:.3f} | {q['se']:.3f} | {_fmt_p(q['p_corrected'])} | "
+                  f"{q['verdict']} |" for q in jt["pairs"]]
+        result["joint"] = jt
+        paths["compare_joint.md"] = write_text(out / "compare_joint.md", "\n".join(lines) + "\n")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,11 +273,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="auto: paired over prompts when every run answered the same prompts")
     p.add_argument("--correction", choices=["holm", "bonferroni", "none"], default="holm")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--joint", action="store_true",
+                   help="also rank on all metrics at once (multivariate dominance; e.g. per-attribute scores)")
     a = p.parse_args(argv)
     res = compare(a.runs, eval_name=a.eval, metrics=a.metrics, results_dir=a.results_dir, out_dir=a.out_dir,
                   order=a.order, alpha=a.alpha, n_boot=a.n_boot, paired=a.paired, correction=a.correction,
-                  seed=a.seed)
+                  seed=a.seed, joint=a.joint)
     print(res["paths"]["compare.md"].read_text())
     print(res["paths"]["compare_pairs.md"].read_text())
+    if a.joint:
+        print(res["paths"]["compare_joint.md"].read_text())
     print("written: " + ", ".join(str(x) for x in [*res["paths"].values(), *res["figures"].values()]))
     return 0
