@@ -110,8 +110,9 @@ plot: $(STAMP)
 bench: $(STAMP)
 	$(OFFLINE) "$(PY)" benchmarks/bench.py $(if $(QUICK),--quick) $(ARGS)
 
-# The paper's claims on the tiny task, offline (recipes/tiny/reproduce.yaml -> results/reproduce-tiny/{tables,plots}).
-# Resumable: finished runs and evaluations are skipped. QUICK=1: one seed, 3 steps a run (smoke test).
+# The paper's claims on the tiny task, offline, in two regimes: fixed pairs, and on-policy data with iterative rounds
+# (recipes/tiny/reproduce.yaml -> results/reproduce-tiny/{tables,plots}). Resumable: finished runs and evaluations
+# are skipped. QUICK=1: one seed, 3 steps a run, 64 sampled prompts (smoke test). ARGS="--regime onpolicy": one.
 reproduce-tiny: $(STAMP)
 	$(OFFLINE) "$(BIN)aot-reproduce" $(if $(QUICK),--quick) $(ARGS)
 
