@@ -120,6 +120,8 @@ def test_multivariate_relative_matches_pairwise():
     res = D.multivariate_relative(s, reg=0.1, beta=5, paired=True)
     one = D.multivariate_violation_ratio(s["a"], s["c"], reg=0.1, beta=5, paired=True)
     assert abs(res.pair[0, 2] - one.ratio) < 1e-6
+    assert abs(res.pair_se[0, 2] / one.se - 1) < 1e-4 and res.pair_se[0, 2] > 0  # the pair's se, from the same solve
+    assert np.allclose(res.pair_se, res.pair_se.T)
     assert res.ranking == ["a", "b", "c"]
     assert (res.se > 0).all() and np.allclose(res.eps, (res.pair.sum(1) - 0.5) / 2)
 

@@ -152,14 +152,14 @@ def joint_test(vectors: dict[str, np.ndarray], *, alpha: float = 0.05, correctio
     over prompts. The one-versus-all multivariate ratio (lower is better, (1 - alpha) CLT interval) and, per
     pair, ``eps(x, y)`` (0: x dominates y) with a two-sided normal p-value of ``eps = 0.5`` (the two
     interchangeable), corrected over the pairs."""
-    rel = D.multivariate_relative(vectors, paired=True, alpha=alpha)
-    names = list(vectors)
+    rel = D.multivariate_relative(vectors, paired=True, alpha=alpha)  # every pair's ratio and se, one solve each
+    names = rel.names
     pairs = []
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            r = D.multivariate_violation_ratio(vectors[a], vectors[b], paired=True, alpha=alpha)
-            z = (r.ratio - 0.5) / r.se
-            pairs.append({"x": a, "y": b, "ratio": r.ratio, "se": r.se, "p": math.erfc(abs(z) / math.sqrt(2))})
+        for j, b in enumerate(names[i + 1:], i + 1):
+            ratio, se = float(rel.pair[i, j]), float(rel.pair_se[i, j])
+            p = math.erfc(abs(ratio - 0.5) / se / math.sqrt(2))
+            pairs.append({"x": a, "y": b, "ratio": ratio, "se": se, "p": p})
     for pair, q in zip(pairs, D.adjust_p(np.array([x["p"] for x in pairs]), correction)):
         pair["p_corrected"] = float(q)
         better, worse = (pair["x"], pair["y"]) if pair["ratio"] < 0.5 else (pair["y"], pair["x"])

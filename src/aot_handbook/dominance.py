@@ -593,6 +593,7 @@ class MultivariateRelative:
     ci: np.ndarray         # (k, 2)
     pair: np.ndarray       # (k, k) ratio(i, j)
     ranking: list[str]
+    pair_se: np.ndarray    # (k, k) CLT standard deviation of ratio(i, j) (that of multivariate_violation_ratio)
 
 
 def multivariate_relative(samples, *, cost: str = "logistic", beta: float = 10.0, reg: float = 0.05,
@@ -616,7 +617,7 @@ def multivariate_relative(samples, *, cost: str = "logistic", beta: float = 10.0
         for j in range(i + 1, k):
             A, fA, gA, B, fB, gB = _both_directions(ts[i], ts[j], cost, beta, reg, max_iter, tol)
             sol[i, j], sol[j, i] = (float(A), fA, gA), (float(B), fB, gB)
-    pair = np.full((k, k), 0.5)
+    pair, pair_se = np.full((k, k), 0.5), np.zeros((k, k))
     infl = [[torch.zeros(t.shape[0], dtype=torch.float64) for t in ts] for _ in range(k)]
     for i in range(k):
         for j in range(k):
@@ -625,10 +626,12 @@ def multivariate_relative(samples, *, cost: str = "logistic", beta: float = 10.0
             (A, fA, gA), (B, fB, gB) = sol[i, j], sol[j, i]
             pair[i, j] = A / (A + B)
             ix, iy = _influence_ratio(A, B, fA, gA, fB, gB)
+            pair_se[i, j] = math.sqrt(_variance([ix, iy], paired))
             infl[i][i] += ix / (k - 1)
             infl[i][j] += iy / (k - 1)
     eps = one_versus_all(pair)
     se = np.array([math.sqrt(_variance(infl[i], paired)) for i in range(k)])
     z = _N.inv_cdf(1 - alpha / 2)
     ci = np.stack([eps - z * se, eps + z * se], axis=1)
-    return MultivariateRelative(names, eps, se, ci, pair, [names[i] for i in np.argsort(eps, kind="stable")])
+    return MultivariateRelative(names, eps, se, ci, pair, [names[i] for i in np.argsort(eps, kind="stable")],
+                                pair_se)
