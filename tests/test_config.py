@@ -152,9 +152,12 @@ def test_an_old_run_folder_without_resolved(tiny, tmp_path):
 def test_every_registered_method_parses_with_its_classes(tiny, tmp_path, name):
     method = METHODS[name]
     data = tiny["unpaired_train"] if method.data == "unpaired" else tiny["paired_train"]
-    extra = {"aot_attributes": {"good": 1.0}} if name == "aot_multi" else {}  # its one required key
+    entry = {"data_files": {"train": str(data)}, "test_split": None}
+    extra = {}
+    if name == "aot_multi":  # its required key, naming an attribute the dataset lists
+        extra, entry = {"aot_attributes": {"good": 1.0}}, {**entry, "attributes": {"good": {"score": "score"}}}
     path = _recipe(tmp_path, tiny, method=name, per_device_train_batch_size=4, **extra,
-                   dataset_mixture={"datasets": [{"data_files": {"train": str(data)}, "test_split": None}]})
+                   dataset_mixture={"datasets": [entry]})
     r = parse_recipe(path)
     assert type(r.training) is method.config_class()
     for fmt in ("paired", "unpaired"):

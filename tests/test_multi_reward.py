@@ -274,6 +274,11 @@ def test_weight_for_an_unlisted_attribute_is_refused_before_loading(tmp_path, ti
     with pytest.raises(RecipeError, match="weight for attribute 'style', which the dataset_mixture does not list"):
         train(path)
     assert not (tmp_path / "run").exists()
+    # a parse-time check, so `make validate-recipes` (which loads no data) refuses the recipe too
+    from aot_handbook.validate import ValidationError, validate_recipe
+
+    with pytest.raises(ValidationError, match="'style'"):
+        validate_recipe(path)
 
 
 def test_tiny_task_judges_both_attributes(tiny_multi):

@@ -190,4 +190,10 @@ def parse_recipe(path: str, overrides: list[str] | None = None, *, data_format: 
     if not model_args.model_name_or_path:
         raise ValueError(f"{path}: key 'model_name_or_path' is required")
     _check_values(method.name, training_args, path)
+    if hasattr(training_args, "aot_attributes"):  # aot_multi: every weight names an attribute the data lists
+        from .data import DatasetMixture
+        from .multi_reward import check_weights
+
+        check_weights(training_args.aot_attributes, DatasetMixture.from_dict(recipe_args.dataset_mixture, source=path),
+                      path)
     return Recipe(path, method.name, recipe_args, model_args, training_args, merged, overrides, data_format)

@@ -111,10 +111,6 @@ def load_data(recipe: Recipe):
     loaded rows (re-parsed once where the format picks the config class: aot_unpaired on truly unpaired rows
     runs on the KTO-based one); refused when the train split is smaller than one batch."""
     mixture = DatasetMixture.from_dict(recipe.recipe.dataset_mixture, source=recipe.path)
-    if recipe.method == "aot_multi":  # every weight names a listed attribute, before any data loads
-        from .multi_reward import check_weights
-
-        check_weights(recipe.training.aot_attributes, mixture, recipe.path)
     method = METHODS[recipe.method]
     data = load_mixture(mixture, target=method.data)
     fmt = data_format(data["train"], recipe.method)
