@@ -226,7 +226,8 @@ def to_latex(table: Table, grid: list[list[str]]) -> str:
 def render(number: str | int, results_dir: str | Path = "results", out_dir: str | Path | None = None, *,
            alpaca_metric: str = "lc_win_rate", results: list[dict] | None = None) -> dict[str, Path]:
     """Write ``table<N>.md/.csv/.tex`` under ``out_dir`` (default ``<results_dir>/tables``); return their paths."""
-    from .evaluation.common import load_results, write_text
+    from .evaluation.common import load_results
+    from .io import write_text
 
     table = table_spec(number, alpaca_metric)
     results, stale = current_results(load_results(results_dir) if results is None else results)

@@ -21,7 +21,6 @@ from pathlib import Path
 import yaml
 
 from ..io import read_jsonl, write_json, write_jsonl
-from ..io import write_text as write_text  # re-exported (tables)
 from ..methods import METHODS
 from ..models import BASE_MODELS, model_key
 from ..tasks import task_of, tasks
