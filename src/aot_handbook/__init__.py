@@ -26,7 +26,7 @@ _LAZY = {
     "fsd_diagnostics": "diagnostics",
     "quantile_curves": "diagnostics",
     "parse_recipe": "recipe",
-    "train": "run",
+    "train": "plan",
 }
 __all__ = ["aot_loss", "quantile_coupling", "PENALTIES", "SORTS", *_LAZY]
 

@@ -16,6 +16,15 @@ from trl import DPOConfig, KTOConfig
 from .loss import PENALTIES, SORTS
 from .methods import METHODS
 
+SORT_SCOPES = ("optimizer_batch", "micro_batch")
+
+
+def sort_batch(per_device: int, accumulation: int, scope: str | None, global_sort: bool | None, ranks: int = 1) -> int:
+    """The effective batch one AOT sort sees: (ranks, when sorted globally: aot_global_sort true, or unset with
+    several ranks) x per-device batch x (accumulation steps, with aot_sort_scope optimizer_batch)."""
+    across = ranks if global_sort or (global_sort is None and ranks > 1) else 1
+    return across * per_device * (accumulation if (scope or "optimizer_batch") == "optimizer_batch" else 1)
+
 
 @dataclass
 class AOTArguments:
@@ -39,9 +48,26 @@ class AOTArguments:
             "help": "Sort u and v over every data-parallel rank (docs/MATH.md sec. 6). None = on when world size > 1."
         },
     )
+    aot_sort_scope: str = field(
+        default="optimizer_batch",
+        metadata={"help": "The batch AOT sorts under gradient accumulation: optimizer_batch (every micro-batch of "
+                          "the accumulation window, and every rank's unless aot_global_sort is false: exact, in two "
+                          "passes, docs/MATH.md sec. 7) or micro_batch (each micro-batch alone, as TRL does)."},
+    )
     aot_positive_share: float = field(
         default=0.5,
-        metadata={"help": "Unpaired data: share of positives in each batch (the sampler draws both classes)."},
+        metadata={"help": "Unpaired data: share of positives in each sorted batch (the sampler draws both classes)."},
+    )
+    aot_padding_free: bool = field(
+        default=True,
+        metadata={"help": "Pack a batch's pairs (or unpaired rows) several to a row, no compute on padding, the same "
+                          "log-probs (aot_handbook.packing); flash-attention runs them as one varlen row. Models "
+                          "that cannot take it fall back with a warning. (TRL's own padding_free is off in 1.16.)"},
+    )
+    aot_row_tokens: int = field(
+        default=4096,
+        metadata={"help": "aot_padding_free with eager/SDPA/flex attention: the most tokens one packed row holds "
+                          "(the mask is rows x L x L); within it the row count is chosen by a cost model."},
     )
 
     def validate_aot(self) -> None:
@@ -67,8 +93,22 @@ class AOTArguments:
             raise ValueError(f"label_smoothing applies to aot_penalty: logistic only, not {self.aot_penalty!r}")
         if not (math.isfinite(self.aot_nll_weight) and self.aot_nll_weight >= 0):
             raise ValueError(f"aot_nll_weight must be >= 0 and finite, got {self.aot_nll_weight}")
+        if self.aot_sort_scope not in SORT_SCOPES:
+            raise ValueError(f"aot_sort_scope must be one of {list(SORT_SCOPES)}, got {self.aot_sort_scope!r}")
         if not 0 < self.aot_positive_share < 1:
             raise ValueError(f"aot_positive_share must be in (0, 1), got {self.aot_positive_share}")
+        if not (isinstance(self.aot_row_tokens, int) and self.aot_row_tokens >= 1):
+            raise ValueError(f"aot_row_tokens must be an integer >= 1, got {self.aot_row_tokens!r}")
+        if getattr(self, "padding_free", False):
+            raise ValueError("padding_free is TRL's switch, disabled in TRL 1.16 (it warns and pads); the AOT "
+                             "trainers' padding-free layout is aot_padding_free (default on)")
+
+    def sort_batch(self, ranks: int = 1) -> int:
+        """How many samples (pairs, or answers of truly unpaired data) one AOT sort sees per step with
+        ``ranks`` data-parallel processes: ranks (under the global sort) x per device x accumulation
+        (optimizer_batch scope)."""
+        return sort_batch(self.per_device_train_batch_size, self.gradient_accumulation_steps, self.aot_sort_scope,
+                          self.aot_global_sort, ranks)
 
     @property
     def sort_options(self) -> dict:
@@ -133,8 +173,9 @@ class AOTUnpairedConfig(AOTArguments, KTOConfig):
 
 @dataclass
 class AOTMultiConfig(AOTUnpairedConfig):
-    """Multi-attribute unpaired AOT (method ``aot_multi``; ``multi_reward.py``, docs/MULTI_REWARD.md):
-    ``sum_k w_k OT_h(U_k, V_k)`` over the attributes the dataset block lists, with these weights."""
+    """Multi-attribute unpaired AOT (method ``aot_multi``; ``trainers/multi.py``, ``multi_loss.py``,
+    docs/MULTI_REWARD.md): ``sum_k w_k OT_h(U_k, V_k)`` over the attributes the dataset block lists, with these
+    weights."""
 
     aot_attributes: dict | str | None = field(
         default=None,
@@ -192,7 +233,8 @@ class HandbookKTOConfig(KTOConfig):
 
 @dataclass
 class RecipeArguments:
-    """Recipe keys that are neither model nor trainer arguments."""
+    """Recipe keys that are neither model nor trainer arguments. (A registered task adds its assets key,
+    ``aot_handbook.tasks``; ``recipe.parse_recipe`` reads it beside these.)"""
 
     method: str = field(
         default="", metadata={"help": f"One of {sorted(METHODS)}."})
@@ -205,13 +247,6 @@ class RecipeArguments:
     requires: list[str] | None = field(
         default=None,
         metadata={"help": "Recipes whose runs must exist first (trained if missing), e.g. the SFT stage."}
-    )
-    tiny_multi_assets: str | None = field(
-        default=None, metadata={"help": "Build the tiny multi-attribute task (aot_handbook.tiny_multi) into this "
-                                        "folder if missing (its base model: the tiny one, under .cache/tiny)."}
-    )
-    tiny_assets: str | None = field(
-        default=None, metadata={"help": "Build the offline tiny model and task into this folder if missing."}
     )
     summary: bool = field(
         default=True, metadata={"help": "Evaluate on the test split and print a summary at the end."})

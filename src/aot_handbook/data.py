@@ -13,7 +13,7 @@ takes them: the trainers apply chat templates. Keys of one dataset entry (defaul
                                                   # common prefix of chosen and rejected as the prompt (TRL)
     binarize: {score: [helpfulness, coherence], threshold: median}  # label = sum of scores > threshold
     attributes: {helpfulness: {}, verbosity: {direction: lower}}   # one label per attribute (label_<name>),
-                                                  # for method aot_multi; see multi_reward.parse_attributes
+                                                  # for method aot_multi; see parse_attributes
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,7 @@ class DatasetSpec:
     binarize: dict[str, Any] | None = None
     conversational: bool = False  # wrap plain text as user/assistant turns, so the chat template applies
     infer_prompt: bool = False  # no prompt column: the common prefix of chosen and rejected is the prompt
-    attributes: dict[str, dict] | None = None  # multi-attribute labels (multi_reward.parse_attributes)
+    attributes: dict[str, dict] | None = None  # multi-attribute labels (parse_attributes)
 
     @property
     def title(self) -> str:
@@ -133,8 +134,6 @@ class DatasetSpec:
                 raise bad(".binarize.threshold", f"must be \"median\" or a number, got {t!r}")
         ours = {c for cols in FORMATS.values() for c in cols} | set(_as_list((spec.binarize or {}).get("score", [])))
         if spec.attributes is not None:
-            from .multi_reward import parse_attributes
-
             spec.attributes = parse_attributes(spec.attributes, f"{source}: {where}.attributes")
             ours |= {a["score"] for a in spec.attributes.values()}
         for name in spec.columns or {}:  # a typo on our side would silently drop their column
@@ -193,11 +192,6 @@ class DatasetMixture:
         specs = [DatasetSpec.from_dict(s, source=source, where=f"dataset_mixture.datasets[{i}]", pending=pending)
                  for i, s in enumerate(d["datasets"])]
         return cls(**{**d, "datasets": specs})
-
-
-def dataset_format(ds: datasets.Dataset) -> str:
-    """Which of FORMATS a loaded dataset is in (what target "paired_or_unpaired" gave)."""
-    return next(k for k in ("paired", "unpaired", "sft") if set(FORMATS[k]) <= set(ds.column_names))
 
 
 def _load_split(spec: DatasetSpec, split: str, where: str) -> datasets.Dataset:
@@ -277,6 +271,10 @@ def _rename_and_binarize(ds: datasets.Dataset, spec: DatasetSpec, cut: float | N
     scores = np.sum([np.array(list(ds[c]), dtype=float) for c in cols], axis=0)  # None -> nan
     if np.isnan(scores).any():
         raise ValueError(f"{at}: binarize score column(s) {cols} have missing values")
+    if not np.isfinite(scores).all():  # inf > any median: labelled positive without a word
+        bad = int(np.flatnonzero(~np.isfinite(scores))[0])
+        raise ValueError(f"{at}: binarize score column(s) {cols} must be finite numbers: row {bad} is "
+                         f"{scores[bad]} ({int((~np.isfinite(scores)).sum())} non-finite in all)")
     cut = score_threshold(scores, spec.binarize["threshold"]) if cut is None else cut  # test uses train's cut
     ds = ds.remove_columns([c for c in ["label"] if c in ds.column_names])
     return ds.add_column("label", binarize(scores, cut)), cut
@@ -309,7 +307,7 @@ def _to_own_format(ds: datasets.Dataset, target: str, drop_empty: bool, at: str,
         # the prompt is implicit, e.g. ultrafeedback_binarized: a plain prompt column, but chosen/rejected are
         # whole conversations that start with the user turn; TRL splits off their common prefix as the prompt
         ds = ds.map(maybe_extract_prompt, remove_columns=[c for c in ["prompt"] if c in cols])
-    ds = ds.select_columns(list(FORMATS[kind]) + list(keep))  # keep: the attribute labels (multi_reward)
+    ds = ds.select_columns(list(FORMATS[kind]) + list(keep))  # keep: the attribute labels (method aot_multi)
     if conversational and not _is_conversational(ds.features["prompt"]):
         ds = ds.map(_as_turns)
     if kind == "unpaired":
@@ -380,8 +378,6 @@ def load_mixture(mixture: DatasetMixture, *, target: str) -> datasets.DatasetDic
                 ds, cut = _rename_and_binarize(_load_split(spec, split, at), spec, cut, at)
                 keep = ()
                 if spec.attributes:  # one label per attribute; train's cuts reused for test
-                    from .multi_reward import attribute_columns, attribute_labels
-
                     ds, cuts = attribute_labels(ds, spec.attributes, cuts, at)
                     keep = tuple(attribute_columns(spec.attributes))
                 ds, kind = _to_own_format(ds, target, mixture.drop_empty, at, spec.conversational, spec.infer_prompt,
@@ -407,3 +403,111 @@ def load_mixture(mixture: DatasetMixture, *, target: str) -> datasets.DatasetDic
     out["train"] = out["train"].shuffle(seed=mixture.seed)
     logger.info("dataset_mixture -> %s data: %s", final, {k: len(v) for k, v in out.items()})
     return out
+
+
+# ---------------------------------------------------------------- one label per attribute (method aot_multi)
+# docs/MULTI_REWARD.md: each answer is labelled on every attribute its dataset entry lists; the multi-attribute
+# trainer (trainers.multi) partitions each batch once per attribute.
+
+
+LABEL_PREFIX = "label_"  # training rows carry one bool column per attribute: label_<attribute>
+DIRECTIONS = ("higher", "lower")
+
+
+def parse_attributes(block, where: str) -> dict[str, dict]:
+    """A dataset entry's ``attributes`` block -> {name: {score, direction, threshold}} (errors name the key).
+
+        attributes:
+          helpfulness: {}                                   # score column = the name, higher is better, median
+          verbosity: {direction: lower}                     # lower is better
+          animal_abuse: {score: category.animal_abuse, direction: lower, threshold: 0.5}  # a nested flag
+    """
+    if not isinstance(block, dict) or not block:
+        raise ValueError(f"'{where}' must map attribute names to {{score, direction, threshold}}, got {block!r}")
+    out = {}
+    for name, spec in block.items():
+        at = f"{where}.{name}"
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"'{where}': attribute name {name!r} must be an identifier (it names a column)")
+        spec = {} if spec is None else spec
+        if not isinstance(spec, dict) or set(spec) - {"score", "direction", "threshold"}:
+            raise ValueError(f"'{at}' takes 'score' (a column), 'direction' (higher or lower) and 'threshold' "
+                             f"(\"median\" or a number), got {spec!r}")
+        spec = {"score": name, "direction": "higher", "threshold": "median", **spec}
+        if not isinstance(spec["score"], str):
+            raise ValueError(f"'{at}.score' must be a column name, got {spec['score']!r}")
+        if spec["direction"] not in DIRECTIONS:
+            raise ValueError(f"'{at}.direction' must be one of {DIRECTIONS}, got {spec['direction']!r}")
+        t = spec["threshold"]
+        if t != "median" and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
+            raise ValueError(f"'{at}.threshold' must be \"median\" or a number, got {t!r}")
+        out[name] = spec
+    return out
+
+
+def attribute_labels(ds, attributes: dict[str, dict], cuts: dict | None, at: str):
+    """Add one bool column ``label_<name>`` per attribute; returns ``(ds, cuts)``.
+
+    The aggregate ``label`` (what the batch sampler balances) is the data's own (a ``label`` column or
+    the ``binarize`` block), else the majority vote of the attribute labels (ties negative).
+
+    ``label = score > cut`` (higher is better) or ``score < cut`` (lower); at the median, ties go
+    negative either way. ``cuts`` from the train split are reused for the test split. Raises, naming the
+    column, when a score column is missing, not numeric or has missing values, and, on the train split,
+    when every answer falls on one side of some attribute.
+    """
+    if {"chosen", "rejected"} <= set(ds.column_names):
+        raise ValueError(f"{at}: 'attributes' need unpaired rows (one answer with its scores); this data is paired")
+    if any("." in s["score"] and s["score"] not in ds.column_names for s in attributes.values()):
+        ds = ds.flatten()  # nested flags (BeaverTails' category struct) -> 'category.animal_abuse' columns
+    present = f"columns present: {sorted(ds.column_names)}"
+    train, cuts = cuts is None, dict(cuts or {})
+    for name, spec in attributes.items():
+        col = spec["score"]
+        dtype = getattr(ds.features.get(col), "dtype", "")
+        if not dtype.startswith(("int", "uint", "float", "double", "bool")):
+            what = f"not numeric ({ds.features[col]})" if col in ds.column_names else "missing"
+            raise ValueError(f"{at}: attribute '{name}': score column '{col}' is {what}; {present}")
+        scores = np.array(list(ds[col]), dtype=float)
+        if np.isnan(scores).any():
+            raise ValueError(f"{at}: attribute '{name}': score column '{col}' has missing values")
+        if train:
+            cuts[name] = score_threshold(scores, spec["threshold"])
+        label = scores > cuts[name] if spec["direction"] == "higher" else scores < cuts[name]
+        if train and (label.all() or not label.any()):
+            raise ValueError(f"{at}: attribute '{name}': every answer is {'positive' if label.all() else 'negative'} "
+                             f"(column '{col}', {spec['direction']} is better, cut {cuts[name]:g}): nothing to learn")
+        ds = ds.remove_columns([c for c in [LABEL_PREFIX + name] if c in ds.column_names])
+        ds = ds.add_column(LABEL_PREFIX + name, [bool(b) for b in label])
+    if "label" not in ds.column_names:  # no label column nor binarize block: the majority of the attributes
+        votes = np.mean([ds[c] for c in attribute_columns(attributes)], axis=0)
+        ds = ds.add_column("label", [bool(v > 0.5) for v in votes])
+    return ds, cuts
+
+
+def attribute_columns(names) -> list[str]:
+    return [LABEL_PREFIX + n for n in names]
+
+
+def check_weights(weights, mixture, source: str) -> dict[str, float]:
+    """The recipe's ``aot_attributes`` against the attributes every dataset of the mixture lists."""
+    if not isinstance(weights, dict) or not weights:
+        raise ValueError(f"{source}: key 'aot_attributes' must map attribute names to weights, got {weights!r}")
+    listed = None
+    for i, spec in enumerate(mixture.datasets):
+        names = set(spec.attributes or {})
+        if not names:
+            raise ValueError(f"{source}: 'dataset_mixture.datasets[{i}]' lists no 'attributes' (method aot_multi)")
+        if listed is not None and names != listed:
+            raise ValueError(f"{source}: 'dataset_mixture.datasets[{i}].attributes' {sorted(names)} differ from "
+                             f"those of datasets[0] {sorted(listed)}")
+        listed = names
+    for name, w in weights.items():
+        if name not in listed:
+            raise ValueError(f"{source}: 'aot_attributes' has a weight for attribute '{name}', which the "
+                             f"dataset_mixture does not list (listed: {sorted(listed)})")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
+            raise ValueError(f"{source}: 'aot_attributes.{name}' must be a number >= 0, got {w!r}")
+    if not any(weights.values()):
+        raise ValueError(f"{source}: 'aot_attributes' weights are all 0")
+    return {k: float(v) for k, v in weights.items()}

@@ -13,8 +13,13 @@ from pathlib import Path
 import torch
 from trl.data_utils import _tokenize, common_prefix_length
 
+from .data import DatasetMixture, load_mixture
 from .diagnostics import fsd_diagnostics
+from .generation import load_model_and_tokenizer
 from .io import read_jsonl
+from .model_utils import ensure_pad_token
+from .run_folder import RunInfo
+from .tasks import task_of
 
 
 def _tokenize_like_trl(tokenizer, prompt, completion) -> tuple[list[int], int]:
@@ -90,10 +95,6 @@ def run_statistics(run_path: str, rows: list[dict], *, beta: float | None = None
     run, else the model its recipe started from (``model_name_or_path``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .evaluation.common import RunInfo
-    from .evaluation.generation import load_model_and_tokenizer
-    from .model_utils import ensure_pad_token
-
     run = RunInfo.from_path(run_path)
     if run.method == "base":
         raise ValueError(f"{run_path}: not a run folder (no recipe.json); Fig. 1 compares a run with its reference")
@@ -115,9 +116,6 @@ def run_statistics(run_path: str, rows: list[dict], *, beta: float | None = None
 def heldout_rows(run_path: str, data: str | None = None, *, max_rows: int = 512) -> list[dict]:
     """Held-out paired rows (prompt, chosen, rejected): ``data`` (a .json/.jsonl file), else the held-out pairs
     of the run's task (:mod:`aot_handbook.tasks`), else the test split of the run's recipe dataset mixture."""
-    from .evaluation.common import RunInfo
-    from .tasks import task_of
-
     if data:
         rows = json.loads(Path(data).read_text()) if data.endswith(".json") else read_jsonl(data)
     else:
@@ -126,8 +124,6 @@ def heldout_rows(run_path: str, data: str | None = None, *, max_rows: int = 512)
         if task is not None:
             rows = task.heldout_pairs(run.recipe)
         else:
-            from .data import DatasetMixture, load_mixture
-
             mixture = load_mixture(DatasetMixture.from_dict(run.recipe["dataset_mixture"], source=run.recipe_path),
                                    target="paired")
             if "test" not in mixture:

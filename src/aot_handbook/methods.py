@@ -5,7 +5,7 @@ module imports neither TRL nor torch), the data format it needs, the TRL ``loss_
 table label, whether it is AOT, and the config key of its added NLL term. ``aot_unpaired`` runs on
 paired-format data with the DPO-based classes and on truly unpaired data (one completion per row)
 with the KTO-based ones: ``config_class(fmt)`` / ``trainer_class(fmt)`` pick them from the data
-format the run decided once the data was loaded (``run.load_data``).
+format the run decided once the data was loaded (``training.load_data``).
 
 Data formats: ``paired`` (prompt, chosen, rejected), ``unpaired`` (prompt, completion, label),
 ``paired_or_unpaired`` (either, as loaded), ``sft`` (prompt/completion or messages).
@@ -60,7 +60,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "AOT unpaired", aot=True, nll_key="aot_nll_weight", unpaired_config=f"{_CONFIGS}.AOTUnpairedConfig",
            unpaired_trainer=f"{_TRAINER}.UnpairedAOTTrainer"),
     # multi-attribute unpaired AOT (docs/MULTI_REWARD.md): unpaired rows with one label per attribute
-    Method("aot_multi", f"{_CONFIGS}.AOTMultiConfig", "aot_handbook.multi_reward.MultiAttributeAOTTrainer", "unpaired",
+    Method("aot_multi", f"{_CONFIGS}.AOTMultiConfig", f"{_TRAINER}.multi.MultiAttributeAOTTrainer", "unpaired",
            None, None, aot=True, nll_key="aot_nll_weight"),
     Method("dpo", f"{_CONFIGS}.HandbookDPOConfig", f"{_TRAINER}.HandbookDPOTrainer", "paired", "sigmoid", "DPO",
            nll_key="nll_weight"),

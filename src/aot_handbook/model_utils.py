@@ -1,4 +1,5 @@
-"""Model, tokenizer and LoRA from a recipe, through transformers, PEFT and TRL's ModelConfig."""
+"""Model, tokenizer and LoRA from a recipe, through transformers, PEFT and TRL's ModelConfig; what a model path
+is (a folder with weights, a hub id); a character-level tokenizer built locally (tasks and checks without a hub)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,6 @@ import contextlib
 import os
 import re
 from pathlib import Path
-
-import torch
-from accelerate import PartialState
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import ModelConfig, get_quantization_config
-
-from .configs import RecipeArguments
 
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.safetensors.index.json", "*.bin.index.json")
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
@@ -42,7 +36,7 @@ def check_model_path(name: str, key: str = "model_name_or_path") -> None:
         raise ValueError(f"{key}: '{name}' is a file, not a model folder or a hub id")
     elif not is_hub_id(name):
         raise ValueError(f"{key}: no such folder '{name}' (and it is not a hub id such as 'owner/name')")
-    elif "/" in name and Path(name.split("/")[0]).is_dir():  # runs/tiny-dpo: meant as a local path
+    elif "/" in name and Path(name.split("/")[0]).is_dir():  # runs/<name>: meant as a local path
         raise ValueError(f"{key}: no such folder '{name}' (its parent folder '{name.split('/')[0]}' exists here)")
     elif os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         from huggingface_hub import try_to_load_from_cache
@@ -62,7 +56,10 @@ def _naming(name: str, key: str):
         raise ValueError(f"{key}: cannot load '{name}': {err}") from err
 
 
-def load_tokenizer(model_args: ModelConfig, recipe_args: RecipeArguments):
+def load_tokenizer(model_args, recipe_args):
+    """The tokenizer of a recipe (``trl.ModelConfig`` and ``configs.RecipeArguments``), its chat template set."""
+    from transformers import AutoTokenizer
+
     name = recipe_args.tokenizer_name_or_path or model_args.model_name_or_path
     with _naming(name, "tokenizer_name_or_path" if recipe_args.tokenizer_name_or_path else "model_name_or_path"):
         tokenizer = AutoTokenizer.from_pretrained(name, revision=model_args.model_revision)
@@ -78,7 +75,13 @@ def ensure_pad_token(tokenizer):
     return tokenizer
 
 
-def load_model(model_args: ModelConfig, *, for_reference: bool = False):
+def load_model(model_args, *, for_reference: bool = False):
+    """The causal LM a ``trl.ModelConfig`` names (dtype, attention, quantization, revision); a reference is frozen."""
+    import torch
+    from accelerate import PartialState
+    from transformers import AutoModelForCausalLM
+    from trl import get_quantization_config
+
     quantization = get_quantization_config(model_args)
     dtype = model_args.dtype
     with _naming(model_args.model_name_or_path, "model_name_or_path"):
@@ -94,3 +97,30 @@ def load_model(model_args: ModelConfig, *, for_reference: bool = False):
     if for_reference:
         model.eval().requires_grad_(False)
     return model
+
+
+def looks_local(name: str) -> bool:
+    """A path the user meant as a folder (a hub id is ``owner/name`` or ``name``, never ./, ../, / or ~)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
+
+
+CHAR_SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+
+
+def char_tokenizer(chars: list[str]):
+    """A character-level tokenizer over ``chars`` (plus ``CHAR_SPECIALS``, ids 0-3), built locally: each character
+    one token, BOS prepended, left padding."""
+    from tokenizers import Tokenizer, decoders, models, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(CHAR_SPECIALS + list(chars))}
+    # BPE with no merges and no pre-tokenizer is a pure character model; Fuse joins the
+    # characters back without the spaces the default decoder would put between tokens.
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.add_special_tokens(CHAR_SPECIALS)
+    tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])])
+    # Left padding is what batched generation needs; TRL's collators pad on their own.
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>", padding_side="left")

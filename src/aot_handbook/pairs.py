@@ -1,10 +1,10 @@
-"""On-policy preference data: sample k answers per prompt from a model, score them, write training data.
+"""The data stage: sample k answers per prompt from a model, score them, write one preference dataset.
 
-    aot-pairs recipes/tiny/pairs.yaml [--key value ...]      (make pairs RECIPE=...)
+    aot-pairs recipes/tiny/sft.pairs.yaml [--key value ...]      (make pairs RECIPE=...)
 
-A pairs recipe (keys: ``PairsConfig``) names the model (a folder, a hub id, or a run folder, LoRA adapters
-included), a prompt file, the sampling settings and a scorer (``aot_handbook.scorers``). The output folder
-``output_dir`` holds:
+A pairs recipe (``*.pairs.yaml``; keys: ``PairsConfig``) names the model (a folder, a hub id, or a run folder,
+LoRA adapters included), a prompt file, the sampling settings and a scorer (``aot_handbook.scorers``). The output
+folder ``output_dir`` holds:
 
     samples.jsonl     one line per prompt: its k completions and their scores, appended batch by batch
     paired.jsonl      prompt, chosen, rejected (+ their scores): best vs worst, or every pair above a margin
@@ -13,15 +13,16 @@ included), a prompt file, the sampling settings and a scorer (``aot_handbook.sco
 
 Both data files are in the formats the training recipes read (``aot_handbook.data``). A killed run resumes
 from samples.jsonl: batches are fixed chunks of the prompt file, each sampled with its own seed, and only
-whole batches are kept, so a resumed run writes the same rows as an uninterrupted one. With ``rounds: N`` and
-a ``train_recipe``, the recipe alternates this stage and training N times, each round sampling from the
-policy the previous round trained (iterative / online DPO-style rounds).
+whole batches are kept, so a resumed run writes the same rows as an uninterrupted one.
+
+:func:`build` builds exactly one dataset. What must exist first (the ``requires`` runs) and iterative rounds
+(``rounds: N`` with a ``train_recipe``: this stage and training alternated N times, each round sampling from the
+policy the previous round trained) are planned and run by ``aot_handbook.plan``, which ``aot-pairs`` calls.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -35,10 +36,15 @@ import yaml
 from tqdm.auto import tqdm
 
 from .data import BUILDERS
-from .evaluation.common import package_versions, utc_now
+from .errors import UserError
 from .io import write_json, write_jsonl
-from .recipe import check_types
-from .scorers import SCORERS, build_scorer
+from .model_utils import looks_local
+from .provenance import package_versions, sha256, utc_now
+from .recipe import check_types, read_recipe
+from .run_folder import RunInfo
+from .runlock import main_process_lock
+from .scorers import build_scorer, scorer_names
+from .tasks import asset_keys, task_of
 
 logger = logging.getLogger(__name__)
 PAIR_MODES = ("best_worst", "margin", "none")
@@ -71,12 +77,14 @@ class PairsConfig:
     pairs: str = "best_worst"  # best_worst, margin (every pair whose scores differ by more than pair_margin), none
     pair_margin: float = 0.0
     label_threshold: float | str | None = "median"  # a number, "median" (the prompt's own), or null (no unpaired file)
-    tiny_assets: str | None = None  # build the offline tiny assets here first
     requires: list | None = None  # training recipes whose runs must exist first (trained if missing), e.g. the SFT
     rounds: int = 0  # > 0: alternate this stage and train_recipe that many times
     train_recipe: str | None = None
     train_overrides: list | None = None  # extra --key value overrides for every round's training
     round_data: str = "paired"  # which file each round trains on: paired or unpaired
+    # not a key of its own: each registered task's assets key (aot_handbook.tasks) -> the folder its assets are
+    # built in first (e.g. the task's prompt file lives there)
+    assets: dict = dataclasses.field(default_factory=dict)
 
 
 def _parse_overrides(tokens: list[str], path: str) -> dict:
@@ -96,21 +104,23 @@ def _parse_overrides(tokens: list[str], path: str) -> dict:
 
 
 def parse_pairs_recipe(path: str, overrides: list[str] | None = None) -> PairsConfig:
-    """Recipe + overrides -> a checked PairsConfig; errors name the key and the file. Nothing is loaded."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"recipe file not found: {path}")
-    raw = yaml.safe_load(Path(path).read_text())
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a pairs recipe must be a YAML mapping of keys to values")
-    known = {f.name for f in dataclasses.fields(PairsConfig)}
+    """Recipe + overrides -> a checked PairsConfig; errors name the key and the file. Nothing is loaded.
+    Besides ``PairsConfig``'s keys, a recipe may set a registered task's assets key (``aot_handbook.tasks``)."""
+    raw = read_recipe(path, "pairs")
+    tasks_keys = asset_keys()
+    known = {f.name for f in dataclasses.fields(PairsConfig) if f.name != "assets"} | tasks_keys
     given = _parse_overrides(list(overrides or []), path)
     for where, keys in (("key(s)", raw), ("command-line override(s)", given)):
         unknown = sorted(set(keys) - known)
         if unknown:
             raise ValueError(f"{path}: unknown {where} {unknown} (known: {sorted(known)})")
     merged = {**raw, **given}
+    assets = {k: merged.pop(k) for k in sorted(tasks_keys & set(merged))}
+    for key, value in assets.items():
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{path}: key {key!r} expects a folder (str), got {value!r} ({type(value).__name__})")
     check_types([PairsConfig], merged, path)
-    cfg = PairsConfig(**merged)
+    cfg = PairsConfig(**merged, assets=assets)
 
     def bad(key, why):
         return ValueError(f"{path}: key '{key}' {why}")
@@ -118,8 +128,8 @@ def parse_pairs_recipe(path: str, overrides: list[str] | None = None) -> PairsCo
     for key in ("model", "prompts", "output_dir", "scorer"):
         if not getattr(cfg, key):
             raise bad(key, "is required")
-    if cfg.scorer not in SCORERS:
-        raise bad("scorer", f"names an unknown scorer {cfg.scorer!r}; expected one of {list(SCORERS)}")
+    if cfg.scorer not in scorer_names():
+        raise bad("scorer", f"names an unknown scorer {cfg.scorer!r}; expected one of {scorer_names()}")
     if cfg.pairs not in PAIR_MODES:
         raise bad("pairs", f"must be one of {list(PAIR_MODES)}, got {cfg.pairs!r}")
     if cfg.num_samples < 1 or (cfg.num_samples < 2 and (cfg.pairs != "none" or cfg.label_threshold == "median")):
@@ -179,10 +189,7 @@ def load_prompts(cfg: PairsConfig) -> list[str]:
 
 def resolve_model(name: str) -> tuple[str, str | None]:
     """(model, adapter) to load: a run folder with a LoRA adapter is its base model plus the adapter."""
-    from .evaluation.common import RunInfo
-    from .scorers import _looks_local
-
-    if _looks_local(name) and not Path(name).expanduser().is_dir():
+    if looks_local(name) and not Path(name).expanduser().is_dir():
         raise FileNotFoundError(f"key 'model': no such folder: {name}")
     run = RunInfo.from_path(name)
     return run.model, run.adapter
@@ -194,14 +201,14 @@ class HFSampler:
     backend = "hf"
 
     def __init__(self, model: str, adapter: str | None, dtype: str):
-        from .evaluation.generation import load_model_and_tokenizer
+        from .generation import load_model_and_tokenizer
 
         self.lm, self.tokenizer = load_model_and_tokenizer(model, adapter, dtype=dtype)
 
     @torch.no_grad()
     def sample(self, prompts: list[str], *, k: int, temperature: float, top_p: float, max_new_tokens: int,
                seed: int) -> list[list[str]]:
-        from .evaluation.generation import build_prompt_ids, hf_generate
+        from .generation import build_prompt_ids, hf_generate
 
         # the prompt ids evaluation builds too (chat template, no second BOS); stops at the end-of-turn token
         prompt_ids = build_prompt_ids(self.tokenizer, prompts)
@@ -228,7 +235,7 @@ class VLLMSampler:
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
-        from .evaluation.generation import build_prompt_ids, vllm_inputs
+        from .generation import build_prompt_ids, vllm_inputs
 
         tokenizer = self.llm.get_tokenizer()
         inputs, params = vllm_inputs(tokenizer, build_prompt_ids(tokenizer, prompts), max_new_tokens=max_new_tokens,
@@ -239,9 +246,9 @@ class VLLMSampler:
 
 
 def build_sampler(cfg: PairsConfig, model: str, adapter: str | None):
-    from .evaluation.generation import _vllm_available
+    from .generation import vllm_available
 
-    use_vllm = cfg.backend == "vllm" or (cfg.backend == "auto" and _vllm_available())
+    use_vllm = cfg.backend == "vllm" or (cfg.backend == "auto" and vllm_available())
     return (VLLMSampler if use_vllm else HFSampler)(model, adapter, cfg.dtype)
 
 
@@ -292,10 +299,6 @@ def make_unpaired(rows: list[dict], threshold: float | str = "median") -> list[d
 # ---------------------------------------------------------------- the stage, resumable
 
 
-def _sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _read_done(samples: Path, n: int, batch_size: int) -> dict[int, dict]:
     """Rows of whole batches from samples.jsonl; a torn last line or a half-written batch is dropped
     (and the file rewritten without it), so the resumed run redoes exactly those batches."""
@@ -322,18 +325,52 @@ def sampling_settings(cfg: PairsConfig, prompts_sha: str) -> dict:
     return {**{k: getattr(cfg, k) for k in keys}, "prompts_sha256": prompts_sha}
 
 
-def build_pairs(cfg: PairsConfig, *, recipe_path: str | None = None, overrides: list[str] | None = None) -> Path:
-    """The data stage: check everything, sample and score the prompts not done yet, write the data files."""
-    if cfg.tiny_assets:
-        from .tiny import ensure_tiny_assets
+def ensure_assets(cfg: PairsConfig) -> None:
+    """Build the assets of the task whose assets key the recipe sets (its prompt file may be one of them)."""
+    task = task_of(cfg.assets)
+    if task is not None:
+        task.ensure_assets(task.assets_root(cfg.assets))
 
-        ensure_tiny_assets(cfg.tiny_assets)
+
+def check_inputs(cfg: PairsConfig, pending: tuple[Path, ...] = ()) -> None:
+    """Before any stage runs (``aot_handbook.plan``): the prompt file and the model exist, unless they lie in a
+    folder built first (``pending``: a task's assets, the output of an earlier stage); the prompt file's column is
+    there. Loads no model."""
+    task = task_of(cfg.assets)
+    pending = (*pending, *(task.asset_folders(cfg.assets) if task is not None else []))
+    later = lambda name: any(p in Path(name).resolve().parents or p == Path(name).resolve()  # noqa: E731
+                             for p in (Path(q).resolve() for q in pending))
+    if not later(cfg.prompts):
+        load_prompts(cfg)
+    if not later(cfg.model) and looks_local(cfg.model) and not Path(cfg.model).expanduser().is_dir():
+        raise FileNotFoundError(f"key 'model': no such folder: {cfg.model}")
+
+
+def build(recipe_path: str, overrides: list[str] | None = None) -> Path:
+    """The data stage of one pairs recipe: its task's assets, then ``build_pairs``. Its ``requires`` must exist
+    already; a recipe with ``rounds`` is run by ``aot_handbook.plan`` (``aot-pairs``)."""
+    cfg = parse_pairs_recipe(recipe_path, overrides)
+    if cfg.rounds:
+        raise UserError(f"{recipe_path}: rounds: {cfg.rounds} alternates this stage with training; run it with "
+                        "aot-pairs (aot_handbook.plan.make)")
+    return build_pairs(cfg, recipe_path=recipe_path, overrides=overrides)
+
+
+def build_pairs(cfg: PairsConfig, *, recipe_path: str | None = None, overrides: list[str] | None = None) -> Path:
+    """The data stage: check everything, sample and score the prompts not done yet, write the data files. One
+    process at a time writes ``output_dir``: a second one stops at once, naming the first."""
+    with main_process_lock(cfg.output_dir, "data"):
+        return _build_pairs(cfg, recipe_path=recipe_path, overrides=overrides)
+
+
+def _build_pairs(cfg: PairsConfig, *, recipe_path: str | None, overrides: list[str] | None) -> Path:
+    ensure_assets(cfg)
     prompts = load_prompts(cfg)  # bad file or column: fails here, before any model loads
     model, adapter = resolve_model(cfg.model)
     scorer = build_scorer(cfg)  # unknown scorer, missing reward model, unset key variable: fails before sampling
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = sampling_settings(cfg, _sha256(cfg.prompts))
+    settings = sampling_settings(cfg, sha256(cfg.prompts))
     settings_file, samples = out / "sampling.json", out / "samples.jsonl"
     if settings_file.is_file():
         before = json.loads(settings_file.read_text())
@@ -398,82 +435,3 @@ def build_pairs(cfg: PairsConfig, *, recipe_path: str | None = None, overrides: 
 # ---------------------------------------------------------------- iterative rounds
 
 
-def _as_model_folder(run: Path) -> Path:
-    """A run folder the next round can load as a plain model: a LoRA run is merged into ``<run>/merged``."""
-    if not (run / "adapter_config.json").is_file():
-        return run
-    merged = run / "merged"
-    if not (merged / "config.json").is_file():
-        from .evaluation.common import RunInfo
-        from .evaluation.generation import load_model_and_tokenizer
-
-        info = RunInfo.from_path(run)
-        lm, tokenizer = load_model_and_tokenizer(info.model, info.adapter, dtype="float32")
-        tmp = run / ".merged.tmp"
-        lm.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.replace(merged)
-    return merged
-
-
-def run_rounds(cfg: PairsConfig, *, recipe_path: str | None = None, overrides: list[str] | None = None) -> list[dict]:
-    """``rounds`` x (data stage from the current policy -> train_recipe on that data); the trained policy is
-    the next round's sampler and reference. Each piece resumes or is skipped when complete."""
-    from .recipe import parse_recipe
-    from .run import is_complete, recipe_errors, train
-
-    with recipe_errors():
-        parse_recipe(cfg.train_recipe, [str(x) for x in cfg.train_overrides or []])  # check it before round 1
-    root, model, results = Path(cfg.output_dir), cfg.model, []
-    for r in range(1, cfg.rounds + 1):
-        data = build_pairs(dataclasses.replace(cfg, model=model, output_dir=str(root / f"round{r}" / "data"),
-                                               seed=cfg.seed + r - 1), recipe_path=recipe_path, overrides=overrides)
-        policy = root / f"round{r}" / "policy"
-        if not is_complete(policy):
-            mixture = {"datasets": [{"data_files": {"train": str(data / f"{cfg.round_data}.jsonl")},
-                                     "test_split": None}]}
-            train(cfg.train_recipe, [*(str(x) for x in cfg.train_overrides or []), "--model_name_or_path", model,
-                                     "--dataset_mixture", json.dumps(mixture), "--output_dir", str(policy)])
-        metrics = json.loads((policy / "metrics.json").read_text())
-        provenance = json.loads((data / "provenance.json").read_text())
-        results.append({"round": r, "sampled_from": model, "data": str(data), "policy": str(policy),
-                        "counts": provenance["counts"], "task_accuracy": metrics.get("task_accuracy")})
-        model = str(_as_model_folder(policy))
-    write_json(root / "rounds.json", results)
-    for res in results:
-        acc = (res["task_accuracy"] or {}).get("aligned", {}).get("accuracy")
-        print(f"[aot-handbook] round {res['round']}: {res['counts']}"
-              + (f", held-out task accuracy after training {acc:.3f}" if acc is not None else ""))
-    return results
-
-
-def pairs_output(recipe_path: str) -> Path | None:
-    """The output folder of a ``make pairs`` recipe (None: not a pairs recipe), for a training recipe that
-    ``requires`` it: the data is built first when ``provenance.json`` (written last) is missing there."""
-    from .validate import kind_of
-
-    if kind_of(recipe_path) != "pairs":
-        return None
-    return Path(parse_pairs_recipe(recipe_path).output_dir)
-
-
-def main(recipe_path: str, overrides: list[str] | None = None):
-    cfg = parse_pairs_recipe(recipe_path, overrides)
-    if cfg.requires:
-        if cfg.tiny_assets:
-            from .tiny import ensure_tiny_assets
-
-            ensure_tiny_assets(cfg.tiny_assets)
-        load_prompts(cfg)  # a bad prompt file fails before the required runs are trained
-        from .recipe import parse_recipe
-        from .run import is_complete, recipe_errors, train
-
-        for required in cfg.requires:
-            with recipe_errors():
-                needed = parse_recipe(str(required))
-            if not is_complete(needed.training.output_dir):
-                print(f"[aot-handbook] {recipe_path} requires {required}: training it first")
-                train(str(required))
-    if cfg.rounds:
-        return run_rounds(cfg, recipe_path=recipe_path, overrides=overrides)
-    return build_pairs(cfg, recipe_path=recipe_path, overrides=overrides)

@@ -1,6 +1,6 @@
 """Quantile plots of the paper's Fig. 1: what first-order stochastic dominance looks like.
 
-- :func:`quantile_plot` one panel, Q_U and Q_V per label (used by ``run.py`` at the end of training);
+- :func:`quantile_plot` one panel, Q_U and Q_V per label (used by ``training.py`` at the end of training);
 - :func:`figure1` the paper's Fig. 1a (chosen vs rejected reward quantiles) and Fig. 1b (policy vs
   reference chosen-minus-rejected margin quantiles) for one or several runs on a held-out paired
   set (``make plot RUN=...``). The plotted quantiles are also written as JSON beside each PNG;

@@ -1,10 +1,16 @@
-"""Recipes: one YAML holds model, LoRA, data and trainer arguments (alignment-handbook style).
+"""Recipes: the YAML files a user writes, each of one kind, read by one reader.
 
-A recipe is parsed once into typed objects (``Recipe``): the YAML's keys are checked against the
-fields of the classes its ``method`` uses (``aot_handbook.methods``), its values become the
-defaults of a ``transformers.HfArgumentParser`` over those classes, and ``--key value`` overrides
-on the command line are parsed on top (bare boolean flags such as ``--use_peft`` mean true). Errors
-name the key and the recipe file, and come before any model or dataset loads.
+A file's kind is in its name (:data:`KINDS`): ``x.yaml`` is a training recipe, ``x.pairs.yaml`` a data-stage recipe
+(``aot_handbook.pairs``; ``rounds: N`` alternates it with training), ``x.sweep.yaml`` a sweep, ``x.grid.yaml`` a
+reproduction grid (``aot-reproduce``), ``x.eval.yaml`` an evaluation recipe; a file under an ``accelerate_configs``
+folder is an accelerate config (accelerate's own format). :func:`read_recipe` reads any of them (through
+``io.read_yaml``) and refuses a file of another kind than the caller expects, naming both.
+
+A training recipe is parsed once into typed objects (``Recipe``): the YAML's keys are checked against the
+fields of the classes its ``method`` uses (``aot_handbook.methods``) and the assets keys of the registered tasks
+(``aot_handbook.tasks``), its values become the defaults of a ``transformers.HfArgumentParser`` over those classes,
+and ``--key value`` overrides on the command line are parsed on top (bare boolean flags such as ``--use_peft``
+mean true). Errors name the key and the recipe file, and come before any model or dataset loads.
 
 ``Recipe.resolved()`` is every key with the value the run used; the run folder keeps it
 (``recipe.json``), and tables, evaluation and sweeps read it instead of re-parsing command lines.
@@ -23,24 +29,55 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from transformers import HfArgumentParser
-from trl import ModelConfig
 
-from .configs import RecipeArguments
+from .errors import UserError
+from .io import read_yaml
 from .methods import DATA_FORMATS, METHODS, get_method
+from .tasks import asset_keys, task_of
+
+# A file's kind from the end of its name (first match); any other .yaml/.yml file is a training recipe, and a file
+# under an ``accelerate_configs`` folder is an accelerate config.
+KINDS = {".pairs.yaml": "pairs", ".sweep.yaml": "sweep", ".grid.yaml": "grid", ".eval.yaml": "eval"}
+NOUNS = {"train": "training recipe", "pairs": "pairs recipe", "sweep": "sweep", "grid": "reproduction grid",
+         "eval": "evaluation recipe", "accelerate": "accelerate config"}
+
+
+def recipe_kind(path: str | Path) -> str:
+    """``train``, ``pairs``, ``sweep``, ``grid``, ``eval`` or ``accelerate``: from the file's name (:data:`KINDS`)."""
+    path = Path(path)
+    if "accelerate_configs" in path.parts[:-1]:
+        return "accelerate"
+    name = path.name.replace(".yml", ".yaml")
+    return next((kind for suffix, kind in KINDS.items() if name.endswith(suffix)), "train")
+
+
+def read_recipe(path: str | Path, kind: str | None = None) -> dict:
+    """The mapping a recipe file holds, read by ``io.read_yaml``; with ``kind``, a ``UserError`` when the file's
+    name says it is of another kind (a training recipe given to ``aot-pairs``, ...)."""
+    found = recipe_kind(path)
+    if kind is not None and found != kind:
+        suffix = next((s for s, k in KINDS.items() if k == kind), ".yaml")
+        raise UserError(f"{path}: this is a {NOUNS[found]} (by its file name), not a {NOUNS[kind]} "
+                        f"(a {NOUNS[kind]}'s file name ends in {suffix})")
+    return read_yaml(path, "recipe" if found == "train" else NOUNS[found])
 
 
 @dataclass
 class Recipe:
     path: str
     method: str
-    recipe: RecipeArguments
-    model: ModelConfig
+    recipe: typing.Any  # configs.RecipeArguments: the recipe's own keys
+    model: typing.Any  # trl.ModelConfig
     training: typing.Any  # the method's trainer config (AOTConfig, DPOConfig, ...)
     raw: dict  # the YAML mapping with the defaults filled in (provenance)
     overrides: list[str]  # the command-line overrides applied on top of it
-    # what the loaded train split is (paired, unpaired, sft): None until the data is loaded (run.load_data)
+    # what the loaded train split is (paired, unpaired, sft): None until the data is loaded (training.load_data)
     data_format: str | None = None
+    assets: dict = dataclasses.field(default_factory=dict)  # each registered task's assets key -> its folder or None
+
+    def settings(self) -> dict:
+        """The recipe's own keys (``RecipeArguments`` and the tasks' assets keys), as a task reads them."""
+        return {**dataclasses.asdict(self.recipe), **self.assets}
 
     def resolved(self) -> dict:
         """Every recipe key (recipe, model and trainer arguments) with the value the run used, after
@@ -50,26 +87,8 @@ class Recipe:
         training.update({k: getattr(self.training, k) for k, v in training.items()
                          if v == f"<{k.upper()}>" and not k.startswith("hub_")})
         training.pop("local_rank", None)  # the process's rank, set by the launcher: not a setting of the run
-        config = {**dataclasses.asdict(self.recipe), **dataclasses.asdict(self.model), **training,
-                  "data_format": self.data_format}
+        config = {**self.settings(), **dataclasses.asdict(self.model), **training, "data_format": self.data_format}
         return json.loads(json.dumps(dict(sorted(config.items())), default=str))
-
-
-def _read_yaml(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"recipe file not found: {path}")
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: a recipe must be UTF-8 text (byte {err.start} is not): is this the right file?") \
-            from None
-    try:
-        config = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: a recipe must be a YAML mapping of keys to values")
-    return config
 
 
 def _method_from(args: list[str], config: dict) -> str:
@@ -90,18 +109,66 @@ def _check_overrides(overrides: list[str], path: str) -> None:
         raise ValueError(f"{path}: override(s) given more than once: {['--' + k for k in twice]}")
 
 
+def _task_assets(overrides: list[str], raw: dict, path: str) -> tuple[list[str], dict]:
+    """The registered tasks' assets keys (``aot_handbook.tasks``: e.g. the folder a task's model and data are
+    built in) from the recipe and its ``--key value`` overrides: (the other overrides, key -> folder or None)."""
+    keys, rest = asset_keys(), []
+    assets = {k: raw.get(k) for k in sorted(keys)}
+    i = 0
+    while i < len(overrides):
+        key, eq, value = overrides[i][2:].partition("=") if overrides[i].startswith("--") else ("", "", "")
+        if key in keys:
+            if not eq:
+                if i + 1 >= len(overrides):
+                    raise ValueError(f"{path}: override --{key} has no value")
+                value, i = overrides[i + 1], i + 1
+            assets[key] = value
+        else:
+            rest.append(overrides[i])
+        i += 1
+    for key, value in assets.items():
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{path}: key {key!r} expects a folder (str), got {value!r} ({type(value).__name__})")
+    return rest, assets
+
+
+def _check_aot_keys(keys: list[str], known: set[str], method, path: str) -> None:
+    """An AOT key in the recipe of a method that is not AOT (dpo, ipo, kto, sft) cannot be honoured: say why."""
+    from .configs import AOTArguments
+
+    aot = [k for k in keys if k not in known and k in {f.name for f in dataclasses.fields(AOTArguments)}]
+    if not aot:
+        return
+    why = ""
+    if "aot_sort_scope" in aot:
+        why = (f" ({method.name}'s loss is a mean of per-sample terms, so its micro-batches' gradients already add "
+               "up to the optimizer batch's: aot_sort_scope, the batch AOT sorts, means nothing there)")
+    raise ValueError(f"{path}: key(s) {sorted(aot)} apply to the AOT methods only, not to method "
+                     f"{method.name!r}{why}; remove them")
+
+
 def _check_values(method: str, args, path: str) -> None:
     """Ranges the trainer configs do not check (or check only once training has started)."""
     lr = args.learning_rate
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"{path}: key 'learning_rate' must be a finite number > 0, got {lr}")
-    # unpaired AOT needs a positive and a negative in every batch; TRL's KTO estimates its KL term from the batch
+    # unpaired AOT needs a positive and a negative in every sorted batch (one micro-batch, or the optimizer batch
+    # under aot_sort_scope: optimizer_batch); TRL's KTO estimates its KL term from the batch
     least = 2 if METHODS[method].data in ("unpaired", "paired_or_unpaired") else 1
+    if METHODS[method].aot and args.aot_sort_scope == "optimizer_batch" and args.gradient_accumulation_steps > 1:
+        least = 1
     for key, low in (("per_device_train_batch_size", least), ("per_device_eval_batch_size", 1),
                      ("gradient_accumulation_steps", 1)):
         if getattr(args, key) < low:
             why = f" for method {method!r}" if low > 1 else ""
             raise ValueError(f"{path}: key {key!r} must be >= {low}{why}, got {getattr(args, key)}")
+    # transformers reads max_steps <= 0 as "use num_train_epochs" (3 by default): max_steps 0 trained three epochs
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise ValueError(f"{path}: key 'max_steps' must be >= 1 (or -1: train num_train_epochs), "
+                         f"got {args.max_steps}")
+    if args.max_steps == -1 and not (math.isfinite(args.num_train_epochs) and args.num_train_epochs > 0):
+        raise ValueError(f"{path}: key 'num_train_epochs' must be a finite number > 0 when max_steps is -1, "
+                         f"got {args.num_train_epochs}")
     if method != "sft" and not (math.isfinite(args.beta) and args.beta > 0):
         raise ValueError(f"{path}: key 'beta' must be a finite number > 0, got {args.beta}")
 
@@ -138,13 +205,20 @@ def parse_recipe(path: str, overrides: list[str] | None = None, *, data_format: 
     """Parse a recipe YAML plus ``--key value`` overrides; raise naming the key and the file.
 
     ``data_format``: what the train data is (``aot_handbook.methods.DATA_FORMATS``), once known; it picks
-    the config class where a method has one per format (aot_unpaired on truly unpaired rows)."""
+    the config class where a method has one per format (aot_unpaired on truly unpaired rows).
+    The trainer configs (TRL, transformers) load here, on first use, not when this module is imported."""
+    from transformers import HfArgumentParser
+    from trl import ModelConfig
+
+    from .configs import RecipeArguments
+
     overrides = list(overrides or [])
     if data_format is not None and data_format not in DATA_FORMATS:
         raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
-    raw = _read_yaml(path)
+    raw = read_recipe(path, "train")
     _check_overrides(overrides, path)
-    method = get_method(_method_from(overrides, raw), path)
+    rest, assets = _task_assets(overrides, raw, path)
+    method = get_method(_method_from(rest, raw), path)
     config_class = method.config_class(data_format)
     # the method sets TRL's loss_type, except on a config class that fixes its own (AOTUnpairedConfig)
     loss_type = method.loss_type if config_class is method.config_class() else None
@@ -159,7 +233,8 @@ def parse_recipe(path: str, overrides: list[str] | None = None, *, data_format: 
     merged = {**defaults, **raw}
     classes = [RecipeArguments, ModelConfig, config_class]
     known = {f.name for cls in classes for f in dataclasses.fields(cls) if f.init}
-    unknown = [k for k in merged if k not in known and k != "env"]
+    unknown = [k for k in merged if k not in known and k != "env" and k not in assets]
+    _check_aot_keys(unknown + [o[2:].split("=", 1)[0] for o in overrides if o.startswith("--")], known, method, path)
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown} for method {method.name!r}")
     check_types(classes, merged, path)
@@ -168,10 +243,10 @@ def parse_recipe(path: str, overrides: list[str] | None = None, *, data_format: 
     # No prefix matching of overrides (--learning 1e-5 is a mistake, not --learning_rate); a bad value is an
     # error to raise, not a SystemExit.
     parser = HfArgumentParser(classes, allow_abbrev=False, exit_on_error=False)
-    parser.set_defaults(**{k: v for k, v in merged.items() if k != "env"})
+    parser.set_defaults(**{k: v for k, v in merged.items() if k != "env" and k not in assets})
     try:
         recipe_args, model_args, training_args, rest = parser.parse_args_into_dataclasses(
-            overrides, return_remaining_strings=True)
+            rest, return_remaining_strings=True)
     except argparse.ArgumentError as err:
         raise ValueError(f"{path}: command-line override: {err}") from None
     except ValueError as err:  # a config's own check (__post_init__)
@@ -191,9 +266,10 @@ def parse_recipe(path: str, overrides: list[str] | None = None, *, data_format: 
         raise ValueError(f"{path}: key 'model_name_or_path' is required")
     _check_values(method.name, training_args, path)
     if hasattr(training_args, "aot_attributes"):  # aot_multi: every weight names an attribute the data lists
-        from .data import DatasetMixture
-        from .multi_reward import check_weights
+        from .data import DatasetMixture, check_weights  # datasets loads on first use, not with this module
 
-        check_weights(training_args.aot_attributes, DatasetMixture.from_dict(recipe_args.dataset_mixture, source=path),
-                      path)
-    return Recipe(path, method.name, recipe_args, model_args, training_args, merged, overrides, data_format)
+        task = task_of(assets)  # its data files are built with the task's assets, before training
+        pending = tuple(f.resolve() for f in task.asset_folders(assets)) if task else ()
+        mixture = DatasetMixture.from_dict(recipe_args.dataset_mixture, source=path, pending=pending)
+        check_weights(training_args.aot_attributes, mixture, path)
+    return Recipe(path, method.name, recipe_args, model_args, training_args, merged, overrides, data_format, assets)

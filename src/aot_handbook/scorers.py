@@ -1,6 +1,7 @@
 """Scorers for sampled answers: ``score(prompts, completions) -> list[float]`` (higher is better).
 
-- ``tiny_judge``: the tiny task's program judge (1.0 right, 0.0 wrong; ``aot_handbook.tiny.judge``).
+- a registered task's program judge (``aot_handbook.tasks``: ``Task.scorer`` names it, ``Task.judge`` scores one
+  answer in [0, 1]; e.g. ``tiny_judge``, the tiny task's: 1.0 right, 0.0 wrong);
 - ``reward_model``: a transformers sequence-classification model (one logit) from a local folder or the
   hub, each (prompt, answer) rendered with the reward model's own chat template when it has one.
 - ``openai_judge``: an OpenAI-compatible chat endpoint (OpenAI, vLLM, the loopback judge server) asked for a
@@ -19,7 +20,10 @@ from pathlib import Path
 
 import torch
 
-SCORERS = ("tiny_judge", "reward_model", "openai_judge")
+from .model_utils import ensure_pad_token, looks_local
+from .tasks import task_for_scorer, tasks
+
+SCORERS = ("reward_model", "openai_judge")  # and each registered task's program judge (scorer_names)
 
 # The rating prompt of ``openai_judge``: ``{prompt}`` and ``{completion}`` are filled in. The loopback judge
 # server (evaluation/judge_server.py) reads the instruction and the response between these section headers.
@@ -37,19 +41,22 @@ JUDGE_TEMPLATE = """Rate how well the response answers the instruction, from 1 (
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-def _looks_local(name: str) -> bool:
-    """A path the user meant as a folder (a hub id is ``owner/name`` or ``name``, never ./, ../, / or ~)."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
+def scorer_names() -> list[str]:
+    """Every scorer a pairs recipe may name: the registered tasks' program judges, then ``SCORERS``."""
+    return [*(t.scorer for t in tasks() if t.scorer), *SCORERS]
 
 
-class TinyJudge:
+class TaskJudge:
+    """A registered task's program judge (``Task.judge``), under the task's scorer name."""
+
+    def __init__(self, task):
+        self.task = task
+
     def describe(self) -> dict:
-        return {"scorer": "tiny_judge"}
+        return {"scorer": self.task.scorer}
 
     def score(self, prompts: list[str], completions: list[str]) -> list[float]:
-        from .tiny import judge
-
-        return [float(judge(p, c)) for p, c in zip(prompts, completions)]
+        return [float(self.task.judge(p, c)) for p, c in zip(prompts, completions)]
 
 
 class RewardModel:
@@ -58,9 +65,7 @@ class RewardModel:
     def __init__(self, name: str, *, batch_size: int = 16, dtype: str = "auto"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from .model_utils import ensure_pad_token
-
-        if _looks_local(name) and not Path(name).expanduser().is_dir():
+        if looks_local(name) and not Path(name).expanduser().is_dir():
             raise FileNotFoundError(f"key 'reward_model': no such folder: {name}")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name)
@@ -136,10 +141,11 @@ class OpenAIJudge:
             return list(pool.map(self._one, prompts, completions))
 
 
-def build_scorer(config) -> TinyJudge | RewardModel | OpenAIJudge:
+def build_scorer(config) -> TaskJudge | RewardModel | OpenAIJudge:
     """The scorer a pairs recipe names (``config``: a PairsConfig); raises naming the key on bad input."""
-    if config.scorer == "tiny_judge":
-        return TinyJudge()
+    task = task_for_scorer(config.scorer)
+    if task is not None:
+        return TaskJudge(task)
     if config.scorer == "reward_model":
         if not config.reward_model:
             raise ValueError("scorer 'reward_model' needs key 'reward_model' (a local folder or a hub id)")
@@ -147,4 +153,4 @@ def build_scorer(config) -> TinyJudge | RewardModel | OpenAIJudge:
     if config.scorer == "openai_judge":
         return OpenAIJudge(config.judge_base_url, config.judge_model, api_key_env=config.judge_api_key_env,
                            template=config.judge_template, concurrency=config.judge_concurrency)
-    raise ValueError(f"key 'scorer': unknown scorer {config.scorer!r}; expected one of {list(SCORERS)}")
+    raise ValueError(f"key 'scorer': unknown scorer {config.scorer!r}; expected one of {scorer_names()}")

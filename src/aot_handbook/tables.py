@@ -1,7 +1,7 @@
 """The paper's tables from whatever is under ``results/``: Markdown, CSV and LaTeX.
 
 Each table is rows (method, optionally sort) x columns (score keys of the result files, see
-:mod:`aot_handbook.evaluation.common`), filtered by base model and dataset. A cell is the mean
+:mod:`aot_handbook.evaluation.results`), filtered by base model and dataset. A cell is the mean
 over the matching result files (seeds); Table 10 shows mean +- std over seeds. Where the results
 keep per-sample scores, a cell also shows [low, high], the 95% bootstrap interval of its mean over
 prompts (``prompt_ci``). Missing cells are a dash. Scores are percentages, printed with one decimal as in the paper.
@@ -25,11 +25,16 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .dominance import mean_ci
+from .evaluation.results import load_results, read_samples
+from .io import write_text
 from .methods import table_methods
 from .models import BASE_MODELS
+from .run_folder import run_fingerprint
 from .tasks import task_for_table, tasks
 
-# The paper's benchmark columns, headed by the lm-eval task and metric behind them (recipes/eval/open_llm_paper.yaml).
+# The paper's benchmark columns, headed by the lm-eval task and metric behind them
+# (recipes/eval/open_llm_paper.eval.yaml).
 BENCHMARKS = [("ARC-Easy acc", "arc"), ("HellaSwag acc", "hellaswag"), ("MMLU acc", "mmlu"),
               ("TruthfulQA mc1+mc2 mean", "truthfulqa"), ("Winogrande acc", "winogrande"),
               ("GSM8K flexible-extract", "gsm8k")]
@@ -57,7 +62,7 @@ class Table:
     std: bool = False
 
 
-def _alpaca(judge: str, metric: str) -> tuple[str, str]:
+def alpaca_column(judge: str, metric: str) -> tuple[str, str]:
     name = {"gpt4": "GPT-4", "llama3-70b": "Llama3-70B", "program": "program judge"}.get(judge, judge)
     kind = "LC" if metric == "lc_win_rate" else "WR"
     return f"AlpacaEval {name} ({kind})", f"alpaca_eval:{judge}:{metric}"
@@ -73,7 +78,7 @@ def _method_rows(base: str, dataset: str | None, *, base_row: bool = True, metho
 
 def table_spec(number: str | int, alpaca_metric: str = "lc_win_rate") -> Table:
     n = str(number)
-    gpt4, llama = _alpaca("gpt4", alpaca_metric), _alpaca("llama3-70b", alpaca_metric)
+    gpt4, llama = alpaca_column("gpt4", alpaca_metric), alpaca_column("llama3-70b", alpaca_metric)
     per_base = {"3": "openhermes-2.5-mistral-7b", "4": "starling-lm-7b-alpha", "5": "llama3-8b-instruct",
                 "6": "mistral-7b-instruct-v0.2"}
     if n == "1":
@@ -107,7 +112,7 @@ def table_spec(number: str | int, alpaca_metric: str = "lc_win_rate") -> Table:
                      f"{sorted(name for t in tasks() for name in t.table_names)}")
 
 
-def _matches(run: dict, where: dict) -> bool:
+def matches(run: dict, where: dict) -> bool:
     for key, want in where.items():
         got = run.get(key)
         if isinstance(want, tuple) and got not in want or not isinstance(want, tuple) and got != want:
@@ -118,8 +123,6 @@ def _matches(run: dict, where: dict) -> bool:
 def current_results(results: list[dict]) -> tuple[list[dict], list[str]]:
     """Results whose run folder, where it is still here, holds the weights that were evaluated (same
     fingerprint); the others are stale (the run was retrained since) and are left out, by file name."""
-    from .evaluation.common import run_fingerprint
-
     kept, stale = [], []
     for r in results:
         path = Path(r["run"].get("path") or "")
@@ -131,12 +134,28 @@ def current_results(results: list[dict]) -> tuple[list[dict], list[str]]:
     return kept, stale
 
 
+def distinct_results(results: list[dict]) -> tuple[list[dict], list[str]]:
+    """One result per trained run and evaluation: results of the same fingerprint (a run folder copied under another
+    name, evaluated twice) are one run, never two seeds of a cell; the first (by file name) is kept and the others
+    are returned, by file name, to be reported."""
+    kept, copies, seen = [], [], {}
+    for r in sorted(results, key=lambda r: r.get("_file") or ""):
+        fp = r["run"].get("fingerprint")
+        key = (fp, r.get("evaluation"))
+        if fp and r["run"].get("method") != "base" and key in seen:
+            copies.append(f"{r.get('_file')} (run {r['run'].get('path')}: the weights of run {seen[key]})")
+            continue
+        seen.setdefault(key, r["run"].get("path"))
+        kept.append(r)
+    return kept, copies
+
+
 def cell_values(results: list[dict], row: Row, key: str, where: dict | None = None, *,
                 with_results: bool = False) -> list[float]:
     where = {**row.where, **(where or {})}
     if where.get("base_model") in {t.name for t in tasks()}:  # a task recipe copied onto other data: not the task
         where.setdefault("dataset", where["base_model"])
-    found = [r for r in results if _matches(r["run"], where) and r["scores"].get(key) is not None]
+    found = [r for r in results if matches(r["run"], where) and r["scores"].get(key) is not None]
     for k, v in row.prefer.items():  # e.g. several sort variants: the paper's default one
         preferred = [r for r in found if r["run"].get(k) == v]
         if preferred:
@@ -154,9 +173,6 @@ def prompt_ci(found: list[dict], key: str, *, alpha: float = 0.05) -> tuple[floa
     """95% bootstrap interval over prompts of a cell's mean, from the per-sample scores of its
     results (seeds averaged per prompt first, so prompts are what is resampled); None when any
     of them has no per-sample scores for ``key`` (older results, or a column without them)."""
-    from .dominance import mean_ci
-    from .evaluation.common import read_samples
-
     per: dict[str, list[float]] = {}
     for r in found:
         rows = read_samples(r)
@@ -226,14 +242,15 @@ def to_latex(table: Table, grid: list[list[str]]) -> str:
 def render(number: str | int, results_dir: str | Path = "results", out_dir: str | Path | None = None, *,
            alpaca_metric: str = "lc_win_rate", results: list[dict] | None = None) -> dict[str, Path]:
     """Write ``table<N>.md/.csv/.tex`` under ``out_dir`` (default ``<results_dir>/tables``); return their paths."""
-    from .evaluation.common import load_results
-    from .io import write_text
-
     table = table_spec(number, alpaca_metric)
     results, stale = current_results(load_results(results_dir) if results is None else results)
     if stale:
         print(f"[aot-handbook] table {table.number}: left out {len(stale)} stale result(s), whose run was retrained "
               f"after the evaluation (run make eval again): {', '.join(stale)}", file=sys.stderr)
+    results, copies = distinct_results(results)
+    if copies:
+        print(f"[aot-handbook] table {table.number}: left out {len(copies)} result(s) of a run counted already "
+              f"(same fingerprint: a copied run folder is not another seed): {', '.join(copies)}", file=sys.stderr)
     grid = build(table, results)
     out = Path(out_dir) if out_dir else Path(results_dir) / "tables"
     paths = {}

@@ -1,11 +1,13 @@
 """Evaluation: AlpacaEval generation + judging, lm-eval benchmarks, the registered tasks' own
-(:mod:`aot_handbook.tasks`); results files.
+(:mod:`aot_handbook.tasks`); the results store.
 
-See :mod:`.pipeline` (``make eval``), :mod:`.generation`, :mod:`.alpaca`, :mod:`.harness`,
-:mod:`.judge_server` and :mod:`.common` (run info, provenance, atomic result files).
+See :mod:`.pipeline` (``make eval``: one run x one evaluation recipe), :mod:`.alpaca`, :mod:`.harness` (lm-eval),
+:mod:`.judge_server` (a program judge behind an OpenAI-compatible endpoint) and :mod:`.results` (result files
+with provenance, per-sample scores). The run being evaluated is ``aot_handbook.run_folder.RunInfo``; generation is
+``aot_handbook.generation``.
 """
 
-from .common import RunInfo, load_eval_recipe, load_results, save_result, write_json
-from .pipeline import evaluate
+from .pipeline import evaluate, load_eval_recipe
+from .results import load_results, save_result
 
-__all__ = ["RunInfo", "evaluate", "load_eval_recipe", "load_results", "save_result", "write_json"]
+__all__ = ["evaluate", "load_eval_recipe", "load_results", "save_result"]

@@ -110,9 +110,11 @@ def annotate(model_outputs: str | Path, reference_outputs: str, judge: dict, wor
     out_json.unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_BASE", "OPENAI_API_KEYS")}
     env.update(env_extra)
-    cmd = [sys.executable, "-m", "aot_handbook.evaluation.alpaca", "--model_outputs", str(model_outputs),
-           "--reference_outputs", reference_outputs, "--annotators_config", annotators_config,
-           "--output_path", str(work_dir), "--name", name, "--metrics_json", str(out_json)]
+    job = {"model_outputs": str(model_outputs), "reference_outputs": reference_outputs,
+           "annotators_config": annotators_config, "output_path": str(work_dir), "name": name,
+           "metrics_json": str(out_json)}
+    cmd = [sys.executable, "-c", "import sys, json; from aot_handbook.evaluation.alpaca import worker; "
+                                 "worker(**json.loads(sys.argv[1]))", json.dumps(job)]
     proc = subprocess.run(cmd, env=env, timeout=timeout, capture_output=True, text=True)
     if proc.returncode != 0 or not out_json.is_file():
         raise RuntimeError(f"alpaca_eval failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -121,18 +123,19 @@ def annotate(model_outputs: str | Path, reference_outputs: str, judge: dict, wor
     return metrics
 
 
-def _worker(args) -> None:
-    """Inside the subprocess: alpaca_eval.evaluate, then the win rates from its annotations."""
+def worker(*, model_outputs: str, reference_outputs: str, annotators_config: str, output_path: str, name: str,
+           metrics_json: str) -> None:
+    """Inside the subprocess (``annotate``): alpaca_eval.evaluate, then the win rates from its annotations."""
     import pandas as pd
     from alpaca_eval import main as ae
     from alpaca_eval.metrics import get_length_controlled_winrate, get_winrate
 
     # Loaded here, not by alpaca_eval: pandas.read_json would turn outputs such as "85" into ints.
-    model_outputs = json.loads(Path(args.model_outputs).read_text())
-    reference_outputs = json.loads(Path(args.reference_outputs).read_text())
+    model_outputs = json.loads(Path(model_outputs).read_text())
+    reference_outputs = json.loads(Path(reference_outputs).read_text())
     _, annotations = ae.evaluate(
         model_outputs=model_outputs, reference_outputs=reference_outputs,
-        annotators_config=args.annotators_config, name=args.name, output_path=args.output_path,
+        annotators_config=annotators_config, name=name, output_path=output_path,
         precomputed_leaderboard=None, is_return_instead_of_print=True, fn_metric="get_winrate",
         sort_by="win_rate", is_cache_leaderboard=False)
     df = pd.DataFrame(annotations)
@@ -142,23 +145,14 @@ def _worker(args) -> None:
            "discrete_win_rate": float(wr["discrete_win_rate"]),
            "avg_length": float(df["output_2"].astype(str).str.len().mean()),
            "lc_win_rate": None, "lc_win_rate_error": None,
-           "annotations": str(Path(args.output_path) / "annotations.json")}
+           "annotations": str(Path(output_path) / "annotations.json")}
     if "price_per_example" in df:
         out["price_usd"] = float(pd.to_numeric(df["price_per_example"], errors="coerce").fillna(0).sum())
     try:
-        lc = get_length_controlled_winrate(df.copy(), save_weights_dir=Path(args.output_path) / "lc_weights")
+        lc = get_length_controlled_winrate(df.copy(), save_weights_dir=Path(output_path) / "lc_weights")
         out["lc_win_rate"] = float(lc["length_controlled_winrate"])
     except Exception as exc:  # needs hub data; offline this is where it stops
         out["lc_win_rate_error"] = (f"length-controlled win rate unavailable ({type(exc).__name__}: "
                                     f"{str(exc)[:300]}); it needs the tatsu-lab/alpaca_eval hub dataset")
-    Path(args.output_path, "annotations.json").write_text(json.dumps(annotations, indent=1, default=str))
-    write_text(args.metrics_json, json.dumps(out, indent=2))
-
-
-if __name__ == "__main__":
-    import argparse
-
-    p = argparse.ArgumentParser()
-    for k in ("model_outputs", "reference_outputs", "annotators_config", "output_path", "name", "metrics_json"):
-        p.add_argument(f"--{k}", required=True)
-    _worker(p.parse_args())
+    Path(output_path, "annotations.json").write_text(json.dumps(annotations, indent=1, default=str))
+    write_text(metrics_json, json.dumps(out, indent=2))

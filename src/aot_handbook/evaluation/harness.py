@@ -3,19 +3,30 @@
 The eval recipe lists ``tasks`` and maps each table column to ``task/metric`` (lm-eval's
 metric key, filter included, e.g. ``gsm8k/exact_match,strict-match``), or to a list of them whose
 mean is the column (TruthfulQA as the mean of mc1 and mc2). A LoRA run is loaded as
-``pretrained=<base>,peft=<adapter>``. ``include_path`` adds task YAMLs (local data, e.g. the
-tiny arithmetic tasks of :func:`write_tiny_tasks`). tinyBenchmarks tasks (tinyArc, ...) need
+``pretrained=<base>,peft=<adapter>``. ``include_path`` adds task YAMLs (local data, e.g. a registered task's own,
+``Task.lm_eval_include``). tinyBenchmarks tasks (tinyArc, ...) need
 the ``tinyBenchmarks`` package, which is not on PyPI:
 ``pip install git+https://github.com/felipemaiapolo/tinyBenchmarks``.
+
+:func:`lm_eval_tasks` is lm-eval's task registry, read offline, and :func:`check_lm_eval_recipe` checks an lm_eval
+recipe against it (``aot-validate``).
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
+import tempfile
 from pathlib import Path
 
+import yaml
+
+from ..errors import UserError
+from ..tasks import tasks as registered_tasks
+
 # The paper's six benchmarks (Table 1 columns) -> lm-eval task and metric, zero-shot: the variants the paper's
-# numbers imply (recipes/eval/open_llm_paper.yaml gives the evidence for each).
+# numbers imply (recipes/eval/open_llm_paper.eval.yaml gives the evidence for each).
 OPEN_LLM_COLUMNS = {
     "arc": "arc_easy/acc,none",
     "hellaswag": "hellaswag/acc,none",
@@ -24,6 +35,11 @@ OPEN_LLM_COLUMNS = {
     "winogrande": "winogrande/acc,none",
     "gsm8k": "gsm8k/exact_match,flexible-extract",
 }
+
+
+# The tasks of the tinyBenchmarks suite (lm-eval task names; the package is GitHub-only): they need that package.
+TINYBENCHMARKS_TASKS = ("tinyArc", "tinyGSM8k", "tinyHellaswag", "tinyMMLU", "tinyTruthfulQA", "tinyWinogrande",
+                        "tinyAlpacaEval")
 
 
 def column_specs(spec: str | list[str]) -> list[str]:
@@ -65,7 +81,7 @@ def run_lm_eval(model: str, adapter: str | None, *, tasks: list[str], columns: d
         from lm_eval.tasks import TaskManager
     except ImportError as exc:
         raise ImportError("lm-eval is not installed: pip install -e '.[eval]' (lm-eval==0.4.13)") from exc
-    if any(t.startswith("tiny") and t[4:5].isupper() for t in tasks):
+    if any(t.startswith(TINYBENCHMARKS_TASKS) for t in tasks):
         try:
             import tinyBenchmarks  # noqa: F401
         except ImportError as exc:
@@ -131,35 +147,81 @@ def lm_eval_samples(logged: dict, columns: dict) -> list[dict]:
     return list(rows.values())
 
 
-# ---------------------------------------------------------------- the tiny task as lm-eval tasks
+# ---------------------------------------------------------------- what lm-eval knows, offline
 
 
-def write_tiny_tasks(directory: str | Path, rows: list[dict]) -> Path:
-    """lm-eval task files for the tiny arithmetic task, on local data (no hub):
+@functools.cache
+def _lm_eval_registry() -> dict[str, tuple[str, set | None, set]] | None:
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        return None
+    return {name: _task_entry(e.kind.name, e.cfg or {}) for name, e in TaskManager().task_index.items()}
 
-    - ``tiny_arith_mc``: multiple choice (log-likelihood) between the sum, the carry-dropped
-      answer and a spurious carry; metric acc;
-    - ``tiny_arith_gen``: ``generate_until``, greedy, exact match with the sum.
-    """
-    from ..tiny import answer, flawed, spurious_carry
 
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    data = []
-    for r in rows:
-        p = r["prompt"]
-        wrong = [flawed(p) if flawed(p) != answer(p) else f"{int(answer(p)) - 1:03d}", spurious_carry(p)]
-        data.append({"prompt": p, "answer": answer(p), "choices": [answer(p), *wrong], "gold": 0})
-    (d / "tiny_arith.jsonl").write_text("".join(json.dumps(x) + "\n" for x in data))
-    common = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {(d / 'tiny_arith.jsonl').resolve()}\n"
-              "test_split: test\ndoc_to_text: \"{{prompt}}\"\ntarget_delimiter: \"\"\n")
-    (d / "tiny_arith_mc.yaml").write_text(
-        "task: tiny_arith_mc\noutput_type: multiple_choice\n" + common
-        + "doc_to_choice: \"{{choices}}\"\ndoc_to_target: gold\n"
-        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
-    (d / "tiny_arith_gen.yaml").write_text(
-        "task: tiny_arith_gen\noutput_type: generate_until\n" + common
-        + "doc_to_target: \"{{answer}}\"\n"
-        "generation_kwargs:\n  until: [\"\\n\", \"=\"]\n  max_gen_toks: 5\n  do_sample: false\n"
-        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n")
-    return d
+def lm_eval_tasks(include_path: str | None = None) -> dict[str, tuple[str, set | None, set]] | None:
+    """lm-eval's task registry, offline: name -> (kind, metric names or None if unknown, filter names).
+    Built once per process (the index takes 7-9 s); None when lm-eval is not installed."""
+    registry = _lm_eval_registry()
+    if registry is None:
+        return None
+    out = dict(registry)
+    if include_path:  # local task YAMLs (e.g. a registered task's own): read directly, no second index
+        for f in Path(include_path).glob("*.yaml"):
+            cfg = yaml.load(f.read_text(), Loader=_AnyTagLoader) or {}
+            if isinstance(cfg, dict) and isinstance(cfg.get("task"), str):
+                out[cfg["task"]] = _task_entry("TASK", cfg)
+    return out
+
+
+class _AnyTagLoader(yaml.SafeLoader):
+    """lm-eval task YAMLs use tags such as !function; their values do not matter here."""
+
+
+_AnyTagLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def _task_entry(kind: str, cfg: dict) -> tuple[str, set | None, set]:
+    listed = cfg.get("metric_list") or cfg.get("aggregate_metric_list")
+    metrics = {m["metric"] for m in listed if isinstance(m, dict) and "metric" in m} if listed else None
+    return kind, metrics, {f["name"] for f in cfg.get("filter_list") or [] if isinstance(f, dict)} or {"none"}
+
+
+def check_lm_eval_recipe(path, recipe: dict) -> None:
+    """Every task and every ``columns`` entry (``task/metric,filter``, or a list of them averaged) of an
+    lm_eval recipe names a task lm-eval knows, and a metric and filter that task reports (``UserError``
+    naming the file and the key). A registered task's own lm-eval files are written to a temporary folder."""
+    cfg = dict(recipe.get("lm_eval") or {})
+    include = cfg.get("include_path")
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in registered_tasks():  # written at evaluation time: write them once to read their names
+            include = task.lm_eval_include(cfg, Path(tmp)) or include
+        registry = lm_eval_tasks(include)
+    if registry is None:
+        return
+    for name in cfg.get("tasks") or []:
+        if name not in registry:
+            raise _bad(path, "lm_eval.tasks", f"{name!r} is not a task lm-eval knows ({_near(name, registry)})")
+    for column, specs in (cfg.get("columns") or {}).items():
+        for spec in [specs] if isinstance(specs, str) else specs or []:
+            key = f"lm_eval.columns.{column}"
+            task, _, metric = str(spec).partition("/")
+            name, _, filt = metric.partition(",")
+            if task not in registry:
+                raise _bad(path, key, f"{task!r} is not a task lm-eval knows ({_near(task, registry)})")
+            kind, metrics, filters = registry[task]
+            if kind not in ("TASK", "GROUP"):
+                raise _bad(path, key, f"{task!r} is an lm-eval {kind.lower()}, which reports no score of its own; "
+                                       "name one of its tasks")
+            if not filt or (metrics is not None and name not in metrics) or (kind == "TASK" and filt not in filters):
+                raise _bad(path, key, f"{spec!r}: task {task!r} reports "
+                                       f"{sorted(f'{m},{f}' for m in metrics or [] for f in filters)}")
+
+
+def _bad(path, key: str, why: str) -> UserError:
+    return UserError(f"{path}: key '{key}': {why}")
+
+
+def _near(name: str, registry: dict) -> str:
+    close = difflib.get_close_matches(name, list(registry), n=3, cutoff=0.6)
+    return f"did you mean {close}?" if close else "see `lm-eval ls tasks`"

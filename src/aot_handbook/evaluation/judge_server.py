@@ -2,18 +2,17 @@
 
 It serves ``/v1/models``, ``/v1/chat/completions`` and ``/v1/completions`` the way vLLM does,
 so alpaca_eval's ``openai_completions`` decoder talks to it exactly as to a Llama-3-70B judge
-behind vLLM. Behind it sits a *program* judge for the tiny arithmetic task: it reads the
-instruction and the two outputs out of AlpacaEval's pairwise prompt
-(``alpaca_eval_clf.txt``: identifiers ``m`` and ``M``), judges each with
-:func:`aot_handbook.tiny.judge`, and answers the identifier of the better one, with log-probs
-(``logprob_parser``): the right one wins, both right or both wrong is a tie (equal probability).
+behind vLLM. Behind it sits a *program* judge, a registered task's (``Task.judge``: one answer's score in
+[0, 1]): it reads the instruction and the two outputs out of AlpacaEval's pairwise prompt
+(``alpaca_eval_clf.txt``: identifiers ``m`` and ``M``), judges each, and answers the identifier of the better
+one, with log-probs (``logprob_parser``): the higher score wins, equal scores are a tie (equal probability).
+It also answers the 1-10 rating prompt of the data stage's ``openai_judge`` scorer.
 
-    python -m aot_handbook.evaluation.judge_server --port 8011
+    aot-judge-server --task tiny --port 8011
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -21,44 +20,42 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ..tiny import judge as tiny_judge
-
 _INSTRUCTION = re.compile(r'"instruction": """(.*?)""",', re.S)
 _OUTPUT = re.compile(r'"model_identifier": "(\w+)",\s*"output": """(.*?)"""', re.S)
 
 
-def program_preference(prompt: str) -> dict[str, float]:
-    """Probabilities of identifiers ``m`` and ``M`` being the better output, judged by program."""
+def program_preference(prompt: str, judge) -> dict[str, float]:
+    """Probabilities of identifiers ``m`` and ``M`` being the better output, judged by ``judge(prompt, answer)``."""
     instruction = _INSTRUCTION.search(prompt)
     outputs = dict(_OUTPUT.findall(prompt))
     if instruction is None or set(outputs) != {"m", "M"}:
         raise ValueError("not an AlpacaEval pairwise prompt (alpaca_eval_clf.txt format)")
-    ok = {k: tiny_judge(instruction.group(1), v) for k, v in outputs.items()}
-    if ok["m"] == ok["M"]:
+    score = {k: judge(instruction.group(1), v) for k, v in outputs.items()}
+    if score["m"] == score["M"]:
         return {"m": 0.5, "M": 0.5}
-    return {"m": 1.0, "M": 0.0} if ok["m"] else {"m": 0.0, "M": 1.0}
+    return {"m": 1.0, "M": 0.0} if score["m"] > score["M"] else {"m": 0.0, "M": 1.0}
 
 
 _RATING = re.compile(r"### Instruction\n(.*?)\n\n### Response\n(.*?)\n\n### Rating", re.S)
 
 
-def program_rating(prompt: str) -> str | None:
-    """A 1-10 rating prompt (``aot_handbook.scorers.JUDGE_TEMPLATE``): "10" for a right answer, "1" for a
-    wrong one; None for any other prompt."""
+def program_rating(prompt: str, judge) -> str | None:
+    """A 1-10 rating prompt (``aot_handbook.scorers.JUDGE_TEMPLATE``): 1 + 9 x the judge's score in [0, 1] ("10" for
+    a right answer, "1" for a wrong one); None for any other prompt."""
     match = _RATING.search(prompt)
-    return None if match is None else ("10" if tiny_judge(match.group(1), match.group(2)) else "1")
+    return None if match is None else f"{1 + 9 * float(judge(match.group(1), match.group(2))):g}"
 
 
 def _logprob(p: float) -> float:
     return math.log(p) if p > 0 else -100.0
 
 
-def _choice_payload(prompt: str, chat: bool) -> dict:
-    rating = program_rating(prompt)
+def _choice_payload(prompt: str, chat: bool, judge) -> dict:
+    rating = program_rating(prompt, judge)
     if rating is not None:  # pointwise rating (on-policy data), plain text
         return {"index": 0, "finish_reason": "stop", **({"message": {"role": "assistant", "content": rating}}
                                                         if chat else {"text": rating})}
-    probs = program_preference(prompt)
+    probs = program_preference(prompt, judge)
     best = max(probs, key=probs.get)
     top = [{"token": t, "logprob": _logprob(p), "bytes": list(t.encode())} for t, p in probs.items()]
     if chat:
@@ -74,6 +71,7 @@ class _Handler(BaseHTTPRequestHandler):
     model_name = "program-judge"
     api_key: str | None = None
     requests_seen: list = []
+    judge = None  # judge(prompt, answer) -> score in [0, 1]
 
     def log_message(self, *args):  # quiet
         pass
@@ -112,7 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(prompt, list):
             prompt = prompt[0]
         try:
-            choice = _choice_payload(prompt, chat)
+            choice = _choice_payload(prompt, chat, type(self).judge)
         except ValueError as exc:
             return self._send(400, {"error": {"message": str(exc), "type": "invalid_request_error"}})
         type(self).requests_seen.append(body.get("model"))
@@ -123,27 +121,23 @@ class _Handler(BaseHTTPRequestHandler):
                                    "total_tokens": len(prompt) // 4 + 1}})
 
 
-def serve(port: int = 0, *, host: str = "127.0.0.1", model_name: str = "program-judge", api_key: str | None = None):
-    """Start the server in a daemon thread; returns (server, base_url). ``server.shutdown()`` stops it."""
-    handler = type("Handler", (_Handler,), {"model_name": model_name, "api_key": api_key, "requests_seen": []})
+def serve(judge, port: int = 0, *, host: str = "127.0.0.1", model_name: str = "program-judge",
+          api_key: str | None = None):
+    """Start the server for ``judge(prompt, answer) -> score in [0, 1]`` (e.g. a registered task's ``Task.judge``) in
+    a daemon thread; returns (server, base_url). ``server.shutdown()`` stops it."""
+    handler = type("Handler", (_Handler,), {"model_name": model_name, "api_key": api_key, "requests_seen": [],
+                                             "judge": staticmethod(judge)})
     server = ThreadingHTTPServer((host, port), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://{host}:{server.server_address[1]}/v1"
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--port", type=int, default=8011)
-    p.add_argument("--model-name", default="program-judge")
-    args = p.parse_args(argv)
-    server, url = serve(args.port, model_name=args.model_name)
-    print(f"program judge at {url} (model {args.model_name}); Ctrl-C stops it", flush=True)
+def serve_forever(judge, port: int, model_name: str = "program-judge") -> None:
+    """``aot-judge-server``: serve until interrupted (Ctrl-C)."""
+    server, url = serve(judge, port, model_name=model_name)
+    print(f"program judge at {url} (model {model_name}); Ctrl-C stops it", flush=True)
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    finally:
         server.shutdown()
-
-
-if __name__ == "__main__":
-    main()

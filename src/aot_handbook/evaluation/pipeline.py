@@ -1,6 +1,6 @@
 """``make eval RUN=... EVAL=...``: one run x one evaluation recipe -> ``results/<run>/<eval>.json``.
 
-Kinds of evaluation recipe (``recipes/eval/*.yaml``):
+Kinds of evaluation recipe (``recipes/eval/*.eval.yaml``; the ``kind`` key):
 - ``alpaca_eval``: generate on the AlpacaEval instructions, judge with alpaca_eval
   (GPT-4 or an OpenAI-compatible endpoint), win rate + LC win rate;
 - ``lm_eval``: lm-eval tasks zero-shot (the paper's six benchmarks, the hub's small benchmark subsets,
@@ -13,43 +13,109 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
+from ..errors import UserError, user_errors
+from ..io import write_json
+from ..model_utils import check_model_path, weight_files
+from ..provenance import sha256
+from ..recipe import read_recipe
+from ..run_folder import RunInfo
+from ..runlock import describe_holder, is_locked, main_process_lock
 from ..tasks import task_for_kind
 from ..tasks import tasks as registered_tasks
-from .common import RESULTS_DIR, RunInfo, load_eval_recipe, save_result, sha256, write_json
+from .results import RESULTS_DIR, read_result_file, result_path, save_result
+
+
+def load_eval_recipe(path: str | Path) -> dict:
+    """An evaluation recipe (``recipes/eval/<name>.eval.yaml``): ``name`` (default: the file name less
+    ``.eval.yaml``), ``kind`` and the kind's blocks; ``_path`` and ``_sha256`` added for provenance."""
+    path = Path(path)
+    recipe = read_recipe(path, "eval")
+    recipe.setdefault("name", path.name.split(".")[0])
+    kinds = ("alpaca_eval", "lm_eval", *(t.eval_kind for t in registered_tasks()))
+    if recipe.get("kind") not in kinds:
+        raise UserError(f"{path}: key 'kind' must be one of {kinds}, got {recipe.get('kind')!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(recipe["name"])):
+        raise UserError(f"{path}: key 'name' must be a file-name-safe string, got {recipe['name']!r}")
+    recipe["_path"] = str(path)
+    recipe["_sha256"] = sha256(path)
+    return recipe
 
 
 def check_run_path(run_path: str) -> None:
     """RUN is a run folder, a model folder, or a hub id; anything else is an error naming it, before any
     file is written (a missing folder would otherwise be tried as a hub id)."""
-    from ..model_utils import check_model_path
-
     if not (Path(run_path) / "recipe.json").is_file():
         check_model_path(run_path, "RUN")
 
 
 def evaluate(run_path: str, eval_recipe: str, *, results_dir: str | Path = RESULTS_DIR,
              work_dir: str | Path | None = None, allow_incomplete: bool = False) -> Path:
-    recipe = load_eval_recipe(eval_recipe)
-    check_run_path(run_path)
-    run = RunInfo.from_path(run_path)
+    """Evaluate one run (a run folder, or a base model: folder or hub id) with one evaluation recipe; write and
+    print its result. The recipe and the run are checked first (``UserError``), before anything is generated."""
+    with user_errors():
+        recipe = load_eval_recipe(eval_recipe)
+        check_run_path(run_path)
+        run = RunInfo.from_path(run_path)
     if not run.complete and not allow_incomplete:
-        raise RuntimeError(f"{run_path}: no run.json, the run is not complete "
-                           "(pass --allow-incomplete to evaluate anyway)")
-    work = Path(work_dir) if work_dir else Path(results_dir) / run.name / f"{recipe['name']}.work"
-    _reset_if_stale(work, run, recipe)
-    kind = recipe["kind"]
-    if kind == "alpaca_eval":
-        scores, details, judge = _alpaca_eval(run, recipe, work)
-    elif kind == "lm_eval":
-        scores, details, judge = _lm_eval(run, recipe, work)
-    else:
-        scores, details, judge = task_for_kind(kind).evaluate(run, recipe, work)
-    path = save_result(run, recipe, scores, details, judge=judge, results_dir=results_dir)
+        raise UserError(f"{run_path}: no run.json, the run is not complete "
+                        "(pass --allow-incomplete to evaluate anyway)")
+    if not run.complete:
+        _check_weights_are_this_runs(run)
+    if recipe["kind"] == "lm_eval":  # task, metric and filter names, before any model loads (as aot-validate does)
+        from .harness import check_lm_eval_recipe
+
+        check_lm_eval_recipe(recipe["_path"], recipe)
+    if recipe["kind"] not in ("alpaca_eval", "lm_eval"):  # a task's scores compare the run with its reference
+        with user_errors():
+            run.check_reference()
+    _check_result_is_ours(result_path(run, recipe["name"], results_dir), run)
+    holder = is_locked(run.path) if Path(run.path).is_dir() else None
+    if holder is not None:
+        raise UserError(f"{run_path} is being written by {describe_holder(holder)}: evaluate it once that is done")
+    # One process writes a run's results at a time (a second evaluation of the same run stops at once, naming it).
+    with main_process_lock(Path(results_dir) / run.name, "evaluation"):
+        work = Path(work_dir) if work_dir else Path(results_dir) / run.name / f"{recipe['name']}.work"
+        _reset_if_stale(work, run, recipe)
+        kind = recipe["kind"]
+        if kind == "alpaca_eval":
+            scores, details, judge = _alpaca_eval(run, recipe, work)
+        elif kind == "lm_eval":
+            scores, details, judge = _lm_eval(run, recipe, work)
+        else:
+            scores, details, judge = task_for_kind(kind).evaluate(run, recipe, work)
+        path = save_result(run, recipe, scores, details, judge=judge, results_dir=results_dir)
     print_result(run, recipe, scores, details, path)
     return path
+
+
+def _check_weights_are_this_runs(run: RunInfo) -> None:
+    """An incomplete run folder (--allow-incomplete) is evaluated only if its weights were written by the
+    configuration its fingerprint.json names: training writes fingerprint.json first and the weights after, so
+    weights older than it were left by an earlier run whose overwrite was interrupted (issue 30: they were
+    evaluated under the new fingerprint)."""
+    folder = Path(run.adapter or run.path)
+    stamp = Path(run.path) / "fingerprint.json"
+    weights = weight_files(folder)
+    if stamp.is_file() and weights and max(w.stat().st_mtime_ns for w in weights) < stamp.stat().st_mtime_ns:
+        raise UserError(f"{run.path}: its weights are older than its fingerprint.json: an earlier run's weights, "
+                        "left by an overwrite that was interrupted before it saved; train it again")
+
+
+def _check_result_is_ours(path: Path, run: RunInfo) -> None:
+    """results/<run name>/<eval>.json is keyed by the run folder's name: a UserError naming both when it holds the
+    result of another run folder of the same name that is still there (issue 30: evaluating a second run of one
+    folder name replaced the first one's result). The same run evaluated again (retrained, say) replaces its own."""
+    if not path.is_file():
+        return
+    other = (read_result_file(path).get("run") or {}).get("path")
+    if other and Path(other).exists() and Path(other).resolve() != Path(run.path).resolve():
+        raise UserError(f"{path} holds the result of another run, {other}, also named {run.name!r} (this is "
+                        f"{run.path}): evaluate {run.path} with --results-dir <another folder>, or move that result "
+                        "away first")
 
 
 def _reset_if_stale(work: Path, run: RunInfo, recipe: dict) -> None:
@@ -79,8 +145,8 @@ def _generation_kwargs(recipe: dict) -> dict:
 
 
 def _alpaca_eval(run: RunInfo, recipe: dict, work: Path):
+    from ..generation import generate_outputs
     from .alpaca import annotate, resolve_reference
-    from .generation import generate_outputs
 
     judge = dict(recipe.get("judge") or {})
     label = judge.get("label", "gpt4")
@@ -120,14 +186,6 @@ def _lm_eval(run: RunInfo, recipe: dict, work: Path):
     tasks = cfg.pop("tasks", None) or column_tasks(columns)
     scores, details = run_lm_eval(run.model, run.adapter, tasks=tasks, columns=columns, include_path=include, **cfg)
     return scores, details, None
-
-
-def _sft_of(run: RunInfo) -> str:
-    """The model a run started from when that is itself a finished run (the SFT stage: AOT, DPO,
-    the NLL control, ...); the SFT stage itself, started from an untrained base model, is its own."""
-    if run.method == "base" or not run.reference or not (Path(run.reference) / "run.json").is_file():
-        return run.path
-    return run.reference
 
 
 def print_result(run: RunInfo, recipe: dict, scores: dict, details: dict, path: Path) -> None:

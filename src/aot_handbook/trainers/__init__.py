@@ -1,4 +1,4 @@
-"""The trainers (TRL 1.16; tests/test_trainer.py::test_trl_contract guards the hooks they override).
+"""The trainers (TRL 1.16; tests/unit/trainers/test_aot.py::test_trl_contract guards the hooks they override).
 
 - ``aot``: ``AOTTrainer`` (paired-format data, TRL's DPOTrainer) and ``UnpairedAOTTrainer`` (truly unpaired
   data, TRL's KTOTrainer): the AOT objective, one row per pair, the FSD logs;

@@ -8,9 +8,9 @@ something to fix, and a program can judge every answer.
 Answers are zero-padded to 3 digits, so chosen and rejected answers differ in digits
 only, never in length (with ``85`` / ``101``, preference training learned to stop early).
 
-The run driver, the evaluation pipeline, the plots and the tables reach this module only through the task
-interface (:mod:`aot_handbook.tasks`): :class:`TinyTask` is registered as ``tiny`` (recipe key ``tiny_assets``,
-evaluation kind ``tiny_task``, tables ``tiny``, ``tiny1``, ``tiny7``, ``tiny10``, ``tiny-batch``, ``tiny-penalty``).
+Everything else reaches this module only through the task interface (:mod:`aot_handbook.tasks`): :class:`TinyTask`
+is registered as ``tiny`` (recipe key ``tiny_assets``, evaluation kind ``tiny_task``, scorer ``tiny_judge``, its
+lm-eval tasks ``tiny_arith_mc`` / ``tiny_arith_gen``, the tables and figures of :mod:`.report`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-from .io import read_jsonl, write_jsonl
-from .tasks import Task, register_task
+from ...io import read_jsonl, write_jsonl
+from ...model_utils import CHAR_SPECIALS, char_tokenizer
+from .. import Task, register_task
 
 TASK_VERSION = 2  # bump when the task or the assets change, so stale caches are not reused
 FLAW_RATE = 0.6
@@ -34,7 +35,7 @@ SPLIT_SIZES = {"eval_prompts": 600, "val_prompts": 300, "paired_test": 256, "unp
 N_PAIRED_TRAIN = 4000
 N_UNPAIRED_TRAIN = 4000
 
-SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+SPECIALS = CHAR_SPECIALS
 CHARS = list("0123456789+-*/=()., ?:\n") + [chr(c) for c in range(ord("a"), ord("z") + 1)]
 MODEL_SHAPE = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
                    intermediate_size=512, max_position_embeddings=64, tie_word_embeddings=True)
@@ -148,20 +149,8 @@ def build_task(seed: int = 0, flaw_rate: float = FLAW_RATE) -> dict[str, list[di
 
 
 def build_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
-    # BPE with no merges and no pre-tokenizer is a pure character model; Fuse joins the
-    # characters back without the spaces the default decoder would put between tokens.
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.add_special_tokens(SPECIALS)
-    tok.decoder = decoders.Fuse()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])])
-    # Left padding is what batched generation needs; TRL's collators pad on their own.
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>", unk_token="<unk>", padding_side="left")
+    """The task's character tokenizer (46 symbols: the specials, digits, operators, letters)."""
+    return char_tokenizer(CHARS)
 
 
 def build_base_model(tokenizer, seed: int = 0):
@@ -225,7 +214,7 @@ def generate(model, tokenizer, prompts: list[str], *, batch_size: int = 256, max
              do_sample: bool = False, temperature: float = 1.0) -> list[str]:
     """Completions (special tokens stripped), in batches of ``batch_size`` prompts, through the package's one
     generation loop (:func:`aot_handbook.evaluation.generation.hf_generate`); the model's train mode is restored."""
-    from .evaluation.generation import build_prompt_ids, hf_generate
+    from ...generation import build_prompt_ids, hf_generate
 
     was_training = model.training
     model.eval()
@@ -251,21 +240,6 @@ def task_accuracy(model, tokenizer, rows: list[dict], *, batch_size: int = 256,
         sub = [o for p, o in zip(prompts, ok) if has_carry(p) == want]
         result[cat] = sum(sub) / len(sub) if sub else float("nan")
     return result
-
-
-def on_policy_pairs(model, tokenizer, rows: list[dict], *, k: int = 4, seed: int = 0) -> list[dict]:
-    """Pairs whose rejected answer is the model's own: the first wrong one among ``k``
-    samples (temperature 1), else the offline one. Pure AOT from the SFT model was stable
-    across seeds with these and not with the offline rejected answers."""
-    prompts, wrong = [r["prompt"] for r in rows], [None] * len(rows)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for _ in range(k):
-            todo = [i for i, w in enumerate(wrong) if w is None]
-            samples = generate(model, tokenizer, [prompts[i] for i in todo], do_sample=True) if todo else []
-            for i, text in zip(todo, samples):
-                wrong[i] = None if judge(prompts[i], text) else text.strip()
-    return [{**r, "rejected": w if w is not None else r["rejected"]} for r, w in zip(rows, wrong)]
 
 
 # ---------------------------------------------------------------- the task interface (aot_handbook.tasks)
@@ -298,109 +272,62 @@ def program_scores(mine: list[dict], theirs: list[dict], *, judge=judge, has_car
                     "samples": samples}
 
 
-# make reproduce-tiny's layouts (recipes/tiny/reproduce.yaml): the paper's tables on the tiny task
-REPRODUCE_TABLES = ("tiny1", "tiny7", "tiny10", "tiny-batch", "tiny-penalty")
-NLL_VARIANTS = (("+ NLL", 1.0), ("no NLL", 0.0))
-TABLE_DEFAULTS = {"base_model": "tiny", "batch_size": 64}  # the grid's shared settings
-AOT_DEFAULTS = {"sort": "hard", "penalty": "logistic"}
-WIN = ("Win rate vs SFT", "tiny:win_rate_vs_sft")
-ACC = ("Accuracy", "tiny:accuracy")
-FIG1 = [("Reward acc.", "tiny:reward_accuracy"), ("FSD viol. rewards", "tiny:rewards_fsd_violation"),
-        ("Min gap rewards", "tiny:rewards_min_gap", {"digits": 3}),
-        ("FSD viol. margins", "tiny:margins_fsd_violation"),
-        ("Min gap margins", "tiny:margins_min_gap", {"digits": 2})]
+# ---------------------------------------------------------------- lm-eval task files
 
 
-def table(n: str):
-    """The tiny task's table layouts: ``tiny`` (the evaluation chain) and :data:`REPRODUCE_TABLES`."""
-    from .tables import METHODS, Row, Table, _alpaca
+def write_lm_eval_tasks(directory: str | Path, rows: list[dict]) -> Path:
+    """lm-eval task files for the tiny arithmetic task, on local data (no hub):
 
-    def row(label: str, method: str, nll: tuple[str, float], **where) -> Row:
-        base = {**TABLE_DEFAULTS, **(AOT_DEFAULTS if method.startswith("aot") else {})}
-        return Row((label, nll[0]), {**base, "method": method, "nll_weight": nll[1], **where})
-
-    if n == "tiny":
-        rows = [Row((label,), {"method": m, "base_model": "tiny"}) for label, m in METHODS]
-        rows += [Row(("NLL control",), {"method": "sft", "base_model": "tiny", "recipe_name": "nll_control"}),
-                 Row(("SFT",), {"method": "sft", "base_model": "tiny", "recipe_name": "sft"})]
-        cols = [("Accuracy", "tiny:accuracy"), ("Carry", "tiny:carry"), ("No carry", "tiny:no_carry"),
-                ("Win rate vs SFT (program)", "tiny:win_rate_vs_sft"), _alpaca("program", "win_rate"),
-                ("lm-eval MC", "tiny_mc"), ("lm-eval gen", "tiny_gen")]
-        return Table(n, "Tiny offline task (2-digit addition), judged by program", ("Method",), cols, rows)
-    control = [Row(("NLL control", "NLL only"), {**TABLE_DEFAULTS, "method": "sft", "recipe_name": "nll_control"}),
-               Row(("SFT (start)", "-"), {"base_model": "tiny", "method": "sft", "recipe_name": "sft"})]
-    if n == "tiny1":  # paper Table 1: methods x metrics, mean +- std over seeds
-        rows = [row(label, m, nll) for nll in NLL_VARIANTS for label, m in METHODS] + control
-        return Table(n, "Tiny task: every method from the same SFT model, with and without the NLL term "
-                        "(mean ± std over seeds; Fig. 1 statistics on held-out pairs)",
-                     ("Method", "NLL"), [WIN, ACC, ("Carry", "tiny:carry"), ("No carry", "tiny:no_carry"), *FIG1],
-                     rows, std=True)
-    if n == "tiny7":  # paper Table 7: hard vs soft sort
-        rows = [row(label, m, nll, sort=sort) for nll in NLL_VARIANTS for label, m in METHODS[:2]
-                for sort in ("hard", "soft")]
-        for r in rows:
-            r.labels = (*r.labels, r.where["sort"].capitalize())
-        return Table(n, "Tiny task: hard vs soft (Sinkhorn) sort, mean ± std over seeds", ("Method", "NLL", "Sort"),
-                     [WIN, ACC, *FIG1], rows, std=True)
-    if n == "tiny10":  # paper Table 10: spread over seeds
-        seeds = [(f"WR seed {s}", WIN[1], {"where": {"seed": s}, "std": False}) for s in (0, 1, 2)]
-        rows = [row(label, m, nll) for nll in NLL_VARIANTS for label, m in METHODS] + control
-        return Table(n, "Tiny task: win rate vs SFT per training seed, and mean ± std", ("Method", "NLL"),
-                     [*seeds, ("WR mean ± std", WIN[1]), ("Accuracy mean ± std", ACC[1])], rows, std=True)
-    if n == "tiny-batch":  # paper Fig. 2 (left), as a table
-        rows = [Row((str(bs), nll[0]), {**TABLE_DEFAULTS, **AOT_DEFAULTS, "method": "aot_unpaired",
-                                         "nll_weight": nll[1], "batch_size": bs})
-                for nll in NLL_VARIANTS for bs in (16, 32, 64, 128)]
-        return Table(n, "Tiny task: AOT unpaired by batch size, same number of samples (mean ± std over seeds)",
-                     ("Batch size", "NLL"), [WIN, ACC, *FIG1], rows, std=True)
-    if n == "tiny-penalty":  # paper Fig. 2 (right), as a table
-        rows = [Row((p, nll[0]), {**TABLE_DEFAULTS, **AOT_DEFAULTS, "method": "aot_unpaired", "nll_weight": nll[1],
-                                   "penalty": p})
-                for nll in NLL_VARIANTS for p in ("logistic", "hinge", "squared_hinge", "least_squares")]
-        return Table(n, "Tiny task: AOT unpaired by penalty (mean ± std over seeds)", ("Penalty", "NLL"),
-                     [WIN, ACC, *FIG1], rows, std=True)
-    raise ValueError(f"unknown tiny table {n!r}")
+    - ``tiny_arith_mc``: multiple choice (log-likelihood) between the sum, the carry-dropped
+      answer and a spurious carry; metric acc;
+    - ``tiny_arith_gen``: ``generate_until``, greedy, exact match with the sum.
+    """
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    data = []
+    for r in rows:
+        p = r["prompt"]
+        wrong = [flawed(p) if flawed(p) != answer(p) else f"{int(answer(p)) - 1:03d}", spurious_carry(p)]
+        data.append({"prompt": p, "answer": answer(p), "choices": [answer(p), *wrong], "gold": 0})
+    (d / "tiny_arith.jsonl").write_text("".join(json.dumps(x) + "\n" for x in data))
+    common = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {(d / 'tiny_arith.jsonl').resolve()}\n"
+              "test_split: test\ndoc_to_text: \"{{prompt}}\"\ntarget_delimiter: \"\"\n")
+    (d / "tiny_arith_mc.yaml").write_text(
+        "task: tiny_arith_mc\noutput_type: multiple_choice\n" + common
+        + "doc_to_choice: \"{{choices}}\"\ndoc_to_target: gold\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+    (d / "tiny_arith_gen.yaml").write_text(
+        "task: tiny_arith_gen\noutput_type: generate_until\n" + common
+        + "doc_to_target: \"{{answer}}\"\n"
+        "generation_kwargs:\n  until: [\"\\n\", \"=\"]\n  max_gen_toks: 5\n  do_sample: false\n"
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n")
+    return d
 
 
-def figure2(results: list[dict], path: str | Path) -> Path:
-    """Paper Fig. 2 on the tiny task: AOT unpaired by batch size (left) and by penalty (right); win rate
-    vs SFT (top) and the smallest chosen-over-rejected reward quantile gap (bottom), mean and std over
-    seeds, with and without the NLL term. Cells are the ``tiny-batch`` / ``tiny-penalty`` tables' own."""
-    import statistics
-
-    from .plots import draw_grid
-    from .tables import cell_values
-
-    metrics = {"tiny:win_rate_vs_sft": "win rate vs SFT (%)",
-               "tiny:rewards_min_gap": "min quantile gap, chosen - rejected rewards"}
-    data = {}
-    for name in ("tiny-batch", "tiny-penalty"):
-        rows_of = table(name).rows
-        for key in metrics:
-            for nll in dict.fromkeys(r.labels[1] for r in rows_of):
-                rows = [r for r in rows_of if r.labels[1] == nll]
-                values = [cell_values(results, r, key) for r in rows]
-                data.setdefault(name, {}).setdefault(key, {})[nll] = {
-                    "x": [r.labels[0] for r, v in zip(rows, values) if v],
-                    "mean": [statistics.mean(v) for v in values if v],
-                    "std": [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values if v]}
-    return draw_grid(data, path, ylabels=metrics, series="AOT unpaired {}", log2_x={"tiny-batch"},
-                     xlabels={"tiny-batch": "batch size (same number of samples)", "tiny-penalty": "penalty"},
-                     title="Fig. 2 (tiny task): batch size and penalty, mean ± std over seeds")
+# ---------------------------------------------------------------- the task interface (aot_handbook.tasks)
 
 
 class TinyTask(Task):
     """The tiny task through the task interface (:mod:`aot_handbook.tasks`)."""
 
-    name, assets_key, eval_kind = "tiny", "tiny_assets", "tiny_task"
-    table_names = ("tiny", *REPRODUCE_TABLES)
+    name, assets_key, eval_kind, scorer = "tiny", "tiny_assets", "tiny_task", "tiny_judge"
+    figure_names = ("fig2",)
     EVAL_KEYS = {"split", "limit", "max_new_tokens", "batch_size", "reference", "tiny_assets", "heldout_pairs"}
+
+    @property
+    def table_names(self):
+        from . import report  # the report (dominance, tables) loads when a table is asked for, not with the task
+
+        return ("tiny", *report.REPRODUCE_TABLES)
 
     def ensure_assets(self, root):
         return ensure_tiny_assets(root)
 
     def heldout_pairs(self, recipe):
         return read_jsonl(ensure_tiny_assets(self.assets_root(recipe))["paired_test"])
+
+    def judge(self, prompt, completion):
+        return float(judge(prompt, completion))
 
     def summarize(self, model, tokenizer, reference, recipe):
         rows = read_jsonl(ensure_tiny_assets(self.assets_root(recipe))["eval_prompts"])
@@ -417,10 +344,10 @@ class TinyTask(Task):
     def evaluate(self, run, recipe, work):
         """Greedy accuracy judged by program, the win rate against the run it started from (per prompt: right
         where that one is wrong = win, equal = tie), and the Fig. 1 statistics on the held-out pairs."""
-        from .evaluation.common import RunInfo, sha256
-        from .evaluation.generation import generate_outputs
-        from .evaluation.pipeline import _sft_of
-        from .heldout import heldout_rows, heldout_scores
+        from ...generation import generate_outputs
+        from ...heldout import heldout_rows, heldout_scores
+        from ...provenance import sha256
+        from ...run_folder import RunInfo
 
         cfg = recipe.get(self.eval_kind) or {}
         if set(cfg) - self.EVAL_KEYS:
@@ -431,7 +358,7 @@ class TinyTask(Task):
         gen = dict(instructions=str(assets[split]), limit=cfg.get("limit"),
                    max_new_tokens=cfg.get("max_new_tokens", 5), batch_size=cfg.get("batch_size", 256),
                    backend="hf", strip=False)
-        reference_run = cfg.get("reference") or _sft_of(run)
+        reference_run = cfg.get("reference") or run.parent_run()
         mine = json.loads(generate_outputs(run.model, work / "model_outputs.json", adapter=run.adapter,
                                            generator=run.name, **gen).read_text())
         ref_info = RunInfo.from_path(reference_run)
@@ -440,46 +367,42 @@ class TinyTask(Task):
         ref_tag = f"{ref_info.name}-{sha256(ref_done)[:12] if ref_done.is_file() else 'model'}"
         theirs = json.loads(generate_outputs(ref_info.model, work / f"reference_outputs--{ref_tag}.json",
                                              adapter=ref_info.adapter, generator=ref_info.name, **gen).read_text())
-        scores, details = program_scores(mine, theirs)
+        scores, details = self.score_outputs(mine, theirs)
         details.update(reference=reference_run, split=str(assets[split]))
-        if _sft_of(run) != run.path:  # paper Fig. 1 statistics on held-out pairs, against the SFT run it started from
+        if run.parent_run() != run.path:  # paper Fig. 1 statistics on held-out pairs, against the SFT run it started
             rows = heldout_rows(run.path, max_rows=cfg.get("heldout_pairs", 512))
-            scores.update(heldout_scores(run.path, rows, prefix="tiny:"))
-        return scores, details, {"label": "program", "description": "aot_handbook.tiny.judge (exact sum)"}
+            scores.update(heldout_scores(run.path, rows, prefix=f"{self.name}:"))
+        return scores, details, self.judge_info
+
+    judge_info = {"label": "program", "description": "aot_handbook.tasks.tiny.arithmetic.judge (exact sum)"}
+
+    def score_outputs(self, mine: list[dict], theirs: list[dict]) -> tuple[dict, dict]:
+        """The scores and per-prompt samples of greedy outputs against the reference's (the graded variant
+        of the task, :mod:`.graded`, overrides this)."""
+        return program_scores(mine, theirs)
 
     def lm_eval_include(self, cfg, work):
         if not cfg.pop("tiny_tasks", False):
             return None
-        from .evaluation.harness import write_tiny_tasks
-
         rows = read_jsonl(ensure_tiny_assets(cfg.pop("tiny_assets", ".cache/tiny"))["eval_prompts"])
-        return str(write_tiny_tasks(work / "tasks", rows[: cfg.pop("tiny_rows", len(rows))]))
+        return str(write_lm_eval_tasks(work / "tasks", rows[: cfg.pop("tiny_rows", len(rows))]))
 
     def table(self, name):
-        return table(name)
+        from . import report
+
+        return report.table(name)
+
+    def figure(self, name, results, path):
+        if name != "fig2":
+            return super().figure(name, results, path)
+        from . import report
+
+        return report.figure2(results, path)
+
+    def report(self, regime, results, out_dir, **context):
+        from . import report
+
+        return report.reproduction_report(regime, results, out_dir, **context)
 
 
 register_task(TinyTask())
-
-
-def main(argv=None):
-    """``python -m aot_handbook.tiny RUN [--split val_prompts]``: greedy task accuracy of a run folder (full
-    weights or a LoRA adapter) on one held-out split; choose settings on ``val_prompts``, report ``eval_prompts``."""
-    import argparse
-
-    from .evaluation.common import RunInfo
-    from .evaluation.generation import load_model_and_tokenizer
-
-    p = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
-    p.add_argument("run")
-    p.add_argument("--split", default="val_prompts", choices=["val_prompts", "eval_prompts"])
-    p.add_argument("--assets", default=".cache/tiny")
-    args = p.parse_args(argv)
-    info = RunInfo.from_path(args.run)
-    model, tokenizer = load_model_and_tokenizer(info.model, info.adapter, dtype="float32")
-    result = task_accuracy(model, tokenizer, read_jsonl(ensure_tiny_assets(args.assets)[args.split]))
-    print(json.dumps({"run": args.run, "split": args.split, **result}))
-
-
-if __name__ == "__main__":
-    main()

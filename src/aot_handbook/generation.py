@@ -1,10 +1,11 @@
-"""Completions for AlpacaEval: the run's chat template, LoRA or full model, batched, resumable.
+"""Generation: a model (and LoRA adapter) loaded for inference, the one generation loop, resumable outputs files.
 
+Below both the data stage (``pairs``: sampling) and evaluation (AlpacaEval outputs, the tasks' greedy answers).
 One prompt builder for both backends (:func:`build_prompt_ids`): the token ids are built once, as TRL
 tokenizes training prompts (template applied, no second BOS), and handed to transformers and to vLLM
 as ids; both stop at the template's end-of-turn token and at EOS (:func:`stop_token_ids`).
 
-Output is alpaca_eval's format, a JSON list of ``{instruction, output, generator, dataset}``.
+:func:`generate_outputs` writes alpaca_eval's format, a JSON list of ``{instruction, output, generator, dataset}``.
 Progress is kept in ``<out>.partial.json`` (rewritten atomically after every batch); the
 final file appears, by rename, only when every instruction has an output. Re-running skips the
 instructions (by text) that already have one.
@@ -19,8 +20,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..io import read_jsonl, write_json
-from ..model_utils import ensure_pad_token
+from .io import read_jsonl, write_json
+from .model_utils import ensure_pad_token
 
 logger = logging.getLogger(__name__)
 ALPACA_EVAL_HUB = ("tatsu-lab/alpaca_eval", "alpaca_eval.json")  # 805 instructions (+ text-davinci-003 outputs)
@@ -156,7 +157,7 @@ def hf_generate(lm, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: i
     return tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def _vllm_available() -> bool:
+def vllm_available() -> bool:
     try:
         import vllm  # noqa: F401
     except Exception:
@@ -181,7 +182,7 @@ def generate_outputs(model: str, out_path: str | Path, *, instructions: str, gen
     todo = [r for r in rows if r["instruction"] not in done]
     if todo:
         logger.info("generating %d of %d instructions (%d already done)", len(todo), len(rows), len(rows) - len(todo))
-        use_vllm = backend == "vllm" or (backend == "auto" and _vllm_available())
+        use_vllm = backend == "vllm" or (backend == "auto" and vllm_available())
         run, since = (_generate_vllm if use_vllm else _generate_hf), 0
         for r, text in run(model, adapter, todo, max_new_tokens=max_new_tokens, batch_size=batch_size,
                            do_sample=do_sample, temperature=temperature, top_p=top_p, dtype=dtype,

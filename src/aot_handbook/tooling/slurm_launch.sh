@@ -7,7 +7,7 @@
 #   DRY_RUN=1 bash slurm_launch.sh RECIPE ...                        # print the command only
 #
 # This file is installed with the package (aot-sweep --slurm submits it); its path:
-#   python -c "import aot_handbook.sweep as s; print(s.SLURM_LAUNCHER)"
+#   python -c "import aot_handbook.tooling.sweep as s; print(s.SLURM_LAUNCHER)"
 #
 # Environment: ACCELERATE_CONFIG (default recipes/accelerate_configs/fsdp.yaml), GPUS_PER_NODE (8),
 # MAIN_PORT (29500), PYTHON (python). Submit from the folder the recipe paths are relative to. AOT note: with more GPUs the

@@ -1,6 +1,6 @@
 """Sweeps: one base recipe (or several) plus a file of overrides -> named runs, each its own output_dir.
 
-A sweep file (recipes/ablations/*.sweep.yaml)::
+A sweep file (``*.sweep.yaml``, e.g. recipes/ablations/penalty.sweep.yaml)::
 
     base: recipes/merlinite-7b/aot_unpaired.yaml   # a recipe path, or a list of them
     output_root: runs/ablations/penalty            # optional; default runs/sweeps/<sweep file stem>
@@ -26,11 +26,14 @@ import dataclasses
 import itertools
 import json
 import shlex
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from ..errors import UserError
+from ..recipe import read_recipe
+from ..run_folder import config_identity, fingerprint_changes, is_complete, read_fingerprint
 
 SWEEP_KEYS = {"base", "output_root", "fixed", "grid", "runs", "launch"}
 # `--slurm`: each run is one `sbatch` of this launcher (installed with the package; see its header)
@@ -52,7 +55,7 @@ ALIASES = {  # short names for run labels; other keys keep their own name
 }
 
 
-class SweepError(ValueError):
+class SweepError(UserError):
     """A bad sweep file: the message names the file and the key."""
 
 
@@ -120,8 +123,8 @@ def recipe_keys(method: str) -> set[str]:
     """Every key a recipe of this method may set (the same classes parse_recipe builds)."""
     from trl import ModelConfig
 
-    from .configs import RecipeArguments
-    from .methods import METHODS
+    from ..configs import RecipeArguments
+    from ..methods import METHODS
 
     # aot_unpaired: paired and truly unpaired data use different config classes; a key of either is a recipe key
     classes = [RecipeArguments, ModelConfig, *METHODS[method].config_classes()]
@@ -129,24 +132,10 @@ def recipe_keys(method: str) -> set[str]:
 
 
 def _read(path: str) -> dict:
-    if not Path(path).is_file():
-        raise SweepError(f"sweep file not found: {path}")
     try:
-        sweep = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as err:
-        raise SweepError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(sweep, dict):
-        raise SweepError(f"{path}: a sweep file must be a mapping with keys {sorted(SWEEP_KEYS)}")
-    return sweep
-
-
-def is_sweep_file(path: str | Path) -> bool:
-    """A YAML mapping with a `base` key and a `grid` or `runs` key (recipes have neither)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
-        return False
-    return isinstance(data, dict) and "base" in data and ("grid" in data or "runs" in data)
+        return read_recipe(path, "sweep")
+    except UserError as err:
+        raise SweepError(str(err)) from None
 
 
 def _override_sets(sweep: dict, path: str) -> list[dict]:
@@ -204,7 +193,10 @@ def expand_mapping(sweep: dict, path: str, *, check: bool = True) -> list[SweepR
     for base in bases:
         if not isinstance(base, str) or not Path(base).is_file():
             raise SweepError(f"{path}: 'base' recipe not found: {base!r}")
-        raw = yaml.safe_load(Path(base).read_text()) or {}
+        try:
+            raw = read_recipe(base, "train")
+        except UserError as err:
+            raise SweepError(f"{path}: 'base': {err}") from None
         for overrides in varying:
             merged = {**fixed, **overrides}
             for key in merged:
@@ -231,56 +223,64 @@ def expand_mapping(sweep: dict, path: str, *, check: bool = True) -> list[SweepR
             names.add(name)
             run = SweepRun(name, base, merged, f"{output_root}/{name}", dict(launch))
             if check:
-                _check_run(run, path)
+                check_run(run, path)
             runs.append(run)
     return runs
 
 
-def _check_run(run: SweepRun, path: str) -> None:
+def check_run(run: SweepRun, path: str) -> None:
     """Parse the run's recipe with its overrides (on a machine without a GPU, as if on CPU)."""
     import torch
 
-    from .recipe import parse_recipe
+    from ..recipe import parse_recipe  # the trainer configs load on first use, not with this module
 
-    extra = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
+    extra = [] if torch.cuda.is_available() or "--use_cpu" in run.args else ["--use_cpu", "true"]
     try:
         parse_recipe(run.base, [*run.args, *extra])
     except (ValueError, FileNotFoundError) as err:
         raise SweepError(f"{path}: run {run.name}: {err}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import subprocess
+def config_changes(run: SweepRun) -> list[str]:
+    """What the configuration this sweep would train now differs in from the finished run in its folder (its
+    fingerprint.json's config and base model; the data is checked by aot-train when it runs): a base recipe or
+    a fixed value changed since (issue 30: such runs were skipped, the folders holding the old values). Empty when
+    they agree, or when the folder has no fingerprint.json to compare with."""
+    import torch
 
-    parser = argparse.ArgumentParser(
-        description="Run a sweep: one training run per override set of the sweep file (format: aot_handbook.sweep), "
-                    "each named after its overrides with its own output_dir; completed runs are skipped. Every run "
-                    "is checked before any starts.", formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  aot-sweep recipes/ablations/penalty.sweep.yaml --dry-run")
-    parser.add_argument("sweep", help="a sweep YAML, e.g. recipes/ablations/penalty.sweep.yaml")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    parser.add_argument("--slurm", action="store_true",
-                        help=f"submit each run with sbatch {SLURM_LAUNCHER.name} (installed with the package)")
-    parser.add_argument("--only", default=None, help="run only the runs whose name contains this text")
-    parser.add_argument("--force", action="store_true", help="rerun runs that already completed")
-    args = parser.parse_args(argv)
-    try:
-        runs = expand(args.sweep)
-    except SweepError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    from .run import is_complete
+    from ..recipe import parse_recipe
 
-    runs = [r for r in runs if args.only is None or args.only in r.name]
-    print(f"[sweep] {args.sweep}: {len(runs)} run(s)")
+    old = read_fingerprint(Path(run.output_dir))
+    if not old:
+        return []
+    extra = [] if torch.cuda.is_available() or "--use_cpu" in run.args else ["--use_cpu", "true"]
+    new = json.loads(json.dumps(config_identity(parse_recipe(run.base, [*run.args, *extra]))))
+    if extra:  # checked on a machine without a GPU: where it trained is not a change
+        new["config"]["use_cpu"] = old.get("config", {}).get("use_cpu", True)
+    return fingerprint_changes(old, {**new, "data": old.get("data")})
+
+
+def run_sweep(path: str, *, dry_run: bool = False, slurm: bool = False, only: str | None = None,
+              force: bool = False) -> list[str]:
+    """``aot-sweep``: every run of the sweep checked, then each started in turn (``python -m aot_handbook.cli
+    train``, accelerate, or ``sbatch`` with ``slurm``), completed runs skipped unless ``force``; ``dry_run``
+    prints the commands. Returns the names of the runs that failed."""
+    runs = [r for r in expand(path) if only is None or only in r.name]
+    print(f"[sweep] {path}: {len(runs)} run(s)")
     failed = []
     for run in runs:
-        command = run.command(python="python" if args.dry_run else sys.executable, slurm=args.slurm)
-        if args.dry_run:
+        command = run.command(python="python" if dry_run else sys.executable, slurm=slurm)
+        if dry_run:
             print(shlex.join(command))
             continue
-        if is_complete(run.output_dir) and not args.force:
+        if is_complete(run.output_dir) and not force:
+            changes = config_changes(run)
+            if changes:  # the folder holds another configuration's run: neither skipped nor overwritten
+                print(f"[sweep] {run.name}: {run.output_dir} is a finished run of another configuration; changed: "
+                      f"{'; '.join(changes)}. Delete it, or use another output_root, to train this one",
+                      file=sys.stderr)
+                failed.append(run.name)
+                continue
             print(f"[sweep] {run.name}: complete ({run.output_dir}/run.json), skipped")
             continue
         print(f"[sweep] {run.name}: {shlex.join(command)}", flush=True)
@@ -288,5 +288,4 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(run.name)
     if failed:
         print(f"[sweep] {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return failed

@@ -3,10 +3,11 @@
 - bf16 AOT paired and unpaired training steps of small real-architecture models (Llama and Mistral
   configs, random weights, built here) with LoRA and gradient checkpointing;
 - one row per pair under SDPA: packed log-probs equal to TRL's two rows within bf16 tolerance;
-- the flash-attention fallback (TRL's two rows, with its warning), when flash-attn is installed;
+- the flash-attention fallback with aot_padding_free off (TRL's two rows, with its warning), when flash-attn is
+  installed; padding-free rows through flash-attention's varlen path and FlexAttention (check_padding_free);
 - ``optim: paged_adamw_32bit`` (the paper's optimizer) and 4-bit QLoRA loading, when bitsandbytes is;
 - vLLM generation (``evaluation.generation``'s backend), when vllm is installed;
-- peak GPU memory per training step with and without one row per pair.
+- peak GPU memory per training step, padding-free rows against TRL's two rows (check_memory).
 
 It ends with a table; the exit status is 1 when a check failed. Without a GPU it prints
 "no GPU: skipped" and exits 0. ``run_checks(device="cpu", dtype=torch.float32)`` runs every check that
@@ -15,10 +16,10 @@ does not need CUDA on the CPU (the tests do), so only the CUDA-only parts are ne
 
 from __future__ import annotations
 
-import argparse
 import gc
 import importlib.util
 import logging
+import math
 import random
 import tempfile
 import time
@@ -29,15 +30,15 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-# Model shapes: "small" for the GPU (about 20M parameters, a few seconds a step), "tiny" for CPU tests.
+# Model shapes: "small" for the GPU (about 20M parameters, a few seconds a step), "toy" for CPU tests.
 SHAPES = {
     "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
                   num_key_value_heads=4),
-    "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    "toy": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2),
 }
 # Prompt and completion lengths (characters = tokens) of the random data, per model shape.
-LENGTHS = {"small": (384, 96), "tiny": (48, 16)}
+LENGTHS = {"small": (384, 96), "toy": (48, 16)}
 ARCHITECTURES = ("llama", "mistral")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 # Packed vs two-row sequence log-probs: max |difference| over max |value|. bf16 keeps 8 mantissa bits
@@ -57,10 +58,14 @@ class CheckResult:
 # ---------------------------------------------------------------- models and data
 
 
-def build_tokenizer():
-    from .tiny import build_tokenizer as tiny_tokenizer
+ALPHABET = list("0123456789+-*/=()., ?:\n") + [chr(c) for c in range(ord("a"), ord("z") + 1)]
 
-    return tiny_tokenizer()  # a character tokenizer: any text in its alphabet, built locally
+
+def build_tokenizer():
+    """A character tokenizer over ``ALPHABET`` (the random data's and the prompts' characters), built locally."""
+    from ..model_utils import char_tokenizer
+
+    return char_tokenizer(ALPHABET)
 
 
 def build_model(arch: str, tokenizer, *, shape: str = "small", dtype=torch.bfloat16, attn: str = "sdpa", seed=0):
@@ -121,12 +126,12 @@ class PeakMemory(TrainerCallback):
 
 def aot_trainer(arch: str, variant: str, *, device: str, dtype, shape: str = "small", attn: str = "sdpa",
                 optim: str = "adamw_torch", share_prompt: bool = True, model=None, steps: int = 2,
-                batch_size: int = 8, out_dir: str | None = None):
+                batch_size: int = 8, out_dir: str | None = None, padding_free: bool = True):
     """An AOT trainer (ours) on random data: LoRA + gradient checkpointing, bf16 on GPU."""
     from peft import LoraConfig
 
-    from .configs import AOTConfig, AOTUnpairedConfig
-    from .trainers import AOTTrainer, UnpairedAOTTrainer
+    from ..configs import AOTConfig, AOTUnpairedConfig
+    from ..trainers import AOTTrainer, UnpairedAOTTrainer
 
     tokenizer = build_tokenizer()
     model = model if model is not None else build_model(arch, tokenizer, shape=shape, dtype=dtype, attn=attn)
@@ -142,7 +147,7 @@ def aot_trainer(arch: str, variant: str, *, device: str, dtype, shape: str = "sm
         args, trainer_class = AOTUnpairedConfig(**common), UnpairedAOTTrainer
         data = Dataset.from_list(unpaired_rows(n, prompt_len, completion_len))
     else:
-        args = AOTConfig(loss_type=variant, aot_share_prompt=share_prompt, **common)
+        args = AOTConfig(loss_type=variant, aot_share_prompt=share_prompt, aot_padding_free=padding_free, **common)
         trainer_class, data = AOTTrainer, Dataset.from_list(paired_rows(n, prompt_len, completion_len))
     peft = LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
     trainer = trainer_class(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft)
@@ -205,7 +210,8 @@ def check_packing(arch: str, *, device: str, dtype, shape: str = "small") -> str
 
 
 def check_flash_fallback(*, device: str, dtype, shape: str = "small") -> str:
-    """flash_attention_2 cannot take the packed mask: TRL's two rows, one warning, and the step trains."""
+    """flash_attention_2 cannot take one row per pair's mask (aot_padding_free off): TRL's two rows, one warning,
+    and the step trains. (With aot_padding_free it runs one varlen row: check_padding_free.)"""
     records = []
     handler = logging.Handler()
     handler.emit = records.append
@@ -213,7 +219,7 @@ def check_flash_fallback(*, device: str, dtype, shape: str = "small") -> str:
     log.addHandler(handler)
     try:
         trainer, _ = aot_trainer("llama", "aot_paired", device=device, dtype=dtype, shape=shape,
-                                 attn="flash_attention_2", steps=1)
+                                 attn="flash_attention_2", steps=1, padding_free=False)
         trainer.train()
     finally:
         log.removeHandler(handler)
@@ -224,8 +230,51 @@ def check_flash_fallback(*, device: str, dtype, shape: str = "small") -> str:
     return f"warned: {warned[0][:90]}...; loss {loss[0]:.3f}"
 
 
+def check_padding_free(*, device: str, dtype, shape: str = "small") -> str:
+    """aot_padding_free through the attentions that cannot run on a CPU: flash_attention_2 (one varlen row, no
+    mask: transformers cuts it into sequences where the position ids restart) when flash-attn is installed, and
+    flex_attention (rows with a BlockMask; torch has no flex backward on CPU). Per attention, through our trainer
+    (LoRA, gradient checkpointing, TRL's fused head): the packed layout is the one expected, its sequence
+    log-probs and its LoRA gradients equal TRL's two rows (same kernel, the padded path) within ``TOLERANCE``,
+    and a training step runs with a finite loss."""
+    attentions = ["flash_attention_2"] if importlib.util.find_spec("flash_attn") else []
+    details = [] if attentions else ["flash-attn not installed: varlen not checked"]
+    for attn in [*attentions, "flex_attention"]:
+        trainer, _ = aot_trainer("llama", "aot_paired", device=device, dtype=dtype, shape=shape, attn=attn, steps=1)
+        layout = trainer._packing["layout"]
+        if layout is None or layout.varlen != (attn == "flash_attention_2"):
+            raise AssertionError(f"{attn}: layout {layout} ({trainer._packing['off']})")
+        batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        packed, model = trainer._pack(batch), trainer.model
+        model.train()
+
+        def sums_and_grads(packed, trainer=trainer, model=model, batch=batch):
+            model.zero_grad()
+            with trainer.accelerator.autocast():
+                pair = trainer._pair_logps(model, packed) if packed else trainer._two_row_logps(model, batch)
+            sums = torch.cat(pair[:2]).float()
+            (sums * torch.linspace(-1, 1, sums.numel(), device=sums.device)).sum().backward()
+            grads = [p.grad.float().flatten() for p in model.parameters() if p.grad is not None]
+            return sums.detach(), torch.cat(grads)
+
+        (ours, ours_grad), (two, two_grad) = sums_and_grads(packed), sums_and_grads(None)
+        err = float((ours - two).abs().max() / two.abs().max())
+        grad_err = float((ours_grad - two_grad).norm() / two_grad.norm())
+        if not (err <= TOLERANCE[dtype] and grad_err <= 5 * TOLERANCE[dtype]):
+            raise AssertionError(f"{attn}: log-probs {err:.2e}, LoRA gradients {grad_err:.2e} (relative) vs two rows")
+        trainer.train()
+        loss = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        if not (loss and math.isfinite(loss[0])):
+            raise AssertionError(f"{attn}: loss {loss}")
+        stats = packed.stats()
+        details.append(f"{attn}: {stats['rows']} row(s) for {packed.n_sources // 2} pairs, padding "
+                       f"{stats['padding']:.1%}, log-probs {err:.1e}, grads {grad_err:.1e}, loss {loss[0]:.3f}")
+    return "; ".join(details)
+
+
 def check_memory(*, device: str, dtype, shape: str = "small") -> tuple[str, float | None]:
-    """Peak memory per AOT paired step, one row per pair vs TRL's two rows (same data, same model)."""
+    """Peak memory per AOT paired step, the default packed layout (padding-free rows of several pairs, each
+    prompt once) vs TRL's two rows per pair (same data, same model)."""
     peaks = {}
     for share in (True, False):
         trainer, memory = aot_trainer("llama", "aot_paired", device=device, dtype=dtype, shape=shape,
@@ -238,7 +287,7 @@ def check_memory(*, device: str, dtype, shape: str = "small") -> tuple[str, floa
             torch.cuda.empty_cache()
     if peaks[True] is None:
         return "3 steps each way ran (no CUDA: memory not measured)", None
-    return (f"one row per pair {peaks[True]:.0f} MiB, two rows {peaks[False]:.0f} MiB "
+    return (f"padding-free rows {peaks[True]:.0f} MiB, TRL's two rows {peaks[False]:.0f} MiB "
             f"({peaks[True] / peaks[False]:.2f}x); batch 16, prompt {LENGTHS[shape][0]} + completions "
             f"{LENGTHS[shape][1]} tokens"), peaks[True]
 
@@ -247,7 +296,7 @@ def check_qlora(*, dtype) -> str:
     """4-bit NF4 loading through our load_model (TRL's ModelConfig), LoRA on top, one AOT step."""
     from trl import ModelConfig
 
-    from .model_utils import load_model
+    from ..model_utils import load_model
 
     tokenizer = build_tokenizer()
     with tempfile.TemporaryDirectory() as folder:
@@ -268,7 +317,7 @@ def check_vllm() -> str:
     it (LLM + SamplingParams), with a memory share left for this process; its greedy tokens vs transformers'."""
     from vllm import LLM, SamplingParams
 
-    from .tiny import generate
+    from ..generation import build_prompt_ids, hf_generate
 
     tokenizer = build_tokenizer()
     prompts = ["12+34=", "56+78=", "90+11=", "hello world "]
@@ -276,7 +325,7 @@ def check_vllm() -> str:
         model = build_model("llama", tokenizer, dtype=torch.bfloat16)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-        expected = generate(model.cuda(), tokenizer, prompts, max_new_tokens=8)
+        expected = hf_generate(model.cuda().eval(), tokenizer, build_prompt_ids(tokenizer, prompts), max_new_tokens=8)
         del model
         torch.cuda.empty_cache()
         llm = LLM(model=folder, tokenizer=folder, dtype="bfloat16", gpu_memory_utilization=0.3, enforce_eager=True,
@@ -342,6 +391,8 @@ def run_checks(*, device: str = "cuda", dtype=torch.bfloat16, shape: str = "smal
     _run("paged_adamw_32bit", lambda: check_aot_steps("llama", "aot_paired", device=device, dtype=dtype, shape=shape,
                                                        optim="paged_adamw_32bit"), results, needs=no_bnb)
     _run("4-bit QLoRA load + step", lambda: check_qlora(dtype=dtype), results, needs=no_bnb)
+    _run("padding-free: flash varlen, flex", lambda: check_padding_free(device=device, dtype=dtype, shape=shape),
+         results, needs=None if cuda else "needs CUDA")
     _run("peak memory per step", lambda: check_memory(device=device, dtype=dtype, shape=shape), results)
     no_vllm = None if cuda and vllm and _installed("vllm") else "vllm not installed" if cuda and vllm else \
         "not asked" if cuda else "needs CUDA"
@@ -363,20 +414,15 @@ def render_table(results: list[CheckResult]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="What only a GPU exercises: bf16 AOT steps, one row per pair, the "
-                                     "flash-attention fallback, paged AdamW, QLoRA, vLLM, peak memory (< 10 min).",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Without a GPU it prints 'no GPU: skipped' and exits 0.\n\nexample:\n"
-                                            "  aot-gpu-check --no-vllm")
-    parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM check")
-    args = parser.parse_args(argv)
+def gpu_check(*, vllm: bool = True) -> int:
+    """``aot-gpu-check``: every check on the GPU, then the table; 1 when a check failed, 0 otherwise (and without
+    a GPU, where it prints "no GPU: skipped")."""
     if not torch.cuda.is_available():
         print("no GPU: skipped")
         return 0
     start = time.time()
     print(f"[gpu-check] {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
-    results = run_checks(device="cuda", dtype=torch.bfloat16, vllm=not args.no_vllm)
+    results = run_checks(device="cuda", dtype=torch.bfloat16, vllm=vllm)
     print("\n" + render_table(results))
     failed = [r.name for r in results if r.status == "FAIL"]
     print(f"\n{len(results) - len(failed)} of {len(results)} checks ok or skipped, {len(failed)} failed "

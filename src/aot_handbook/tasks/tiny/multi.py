@@ -1,6 +1,6 @@
 """A tiny task with two independent, checkable attributes (issue 19): the multi-reward testbed.
 
-Built on ``aot_handbook.tiny`` (same prompts ``47+38=``, tokenizer and ~1M-parameter base model).
+Built on the tiny task (:mod:`.arithmetic`: same prompts ``47+38=``, tokenizer and ~1M-parameter base model).
 An answer is judged on two attributes, each by a program:
 
 - ``sum``: the number is the right sum, zero-padded to 3 digits (``085``); the planted flaw is the
@@ -15,20 +15,20 @@ scores above its median) is positive only when both are right, so it scores "rig
 and "dropped carry, no period" the same: one aggregated label trades one flaw against the other,
 while multi-attribute AOT sees each attribute's own split.
 
-``python -m aot_handbook.tiny_multi build`` writes the assets the recipes under
-``recipes/tiny/multi/`` read; ``python -m aot_handbook.tiny_multi eval RUN...`` prints the
-per-attribute held-out accuracy of runs.
+Registered as the task ``tiny_multi`` (recipe key ``tiny_multi_assets``: the recipes under ``recipes/tiny/multi/``
+build its assets on first use; evaluation kind ``tiny_multi_task``: ``recipes/eval/tiny_multi.eval.yaml``, the
+per-attribute held-out accuracy and the per-prompt attribute vectors). ``experiments/tiny_multi.py`` runs the
+experiment of docs/MULTI_REWARD.md on it.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
-from .io import read_jsonl, write_jsonl
-from .tasks import Task, register_task
-from .tiny import answer, ensure_tiny_assets, generate, has_carry, split_prompts, wrong_answer
+from ...io import read_jsonl, write_jsonl
+from .. import Task, register_task
+from .arithmetic import answer, ensure_tiny_assets, generate, has_carry, split_prompts, wrong_answer
 
 TASK_VERSION = 1  # bump when the task changes, so stale caches are not reused
 FLAW_RATES = {"sum": 0.6, "format": 0.6}  # SFT data: carry dropped (carry problems only), period appended
@@ -78,7 +78,7 @@ def build_task(seed: int = 0) -> dict[str, list[dict]]:
 
 def ensure_assets(root: str | Path = ".cache/tiny_multi", *, tiny_root: str | Path | None = None,
                   seed: int = 0) -> dict[str, Path]:
-    """The tiny base model (``aot_handbook.tiny``, under ``tiny_root``: default ``tiny`` beside ``root``, so
+    """The tiny base model (:mod:`.arithmetic`, under ``tiny_root``: default ``tiny`` beside ``root``, so
     ``.cache/tiny``) and this task's splits under ``root``; idempotent."""
     tiny_root = Path(root).parent / "tiny" if tiny_root is None else tiny_root
     paths = {"base_model": ensure_tiny_assets(tiny_root, seed=seed)["base_model"]}
@@ -123,6 +123,10 @@ class TinyMultiTask(Task):
     def ensure_assets(self, root):
         return ensure_assets(root)
 
+    def asset_folders(self, recipe):
+        root = self.assets_root(recipe)
+        return [Path(root), Path(root).parent / "tiny"] if root else []  # the tiny base model, beside it
+
     def heldout_pairs(self, recipe):
         """Per held-out prompt: the answer right on both attributes over one flawed on a single attribute (the
         sum on even rows, the format on odd ones), for the Fig. 1 statistics of the run summary."""
@@ -143,7 +147,7 @@ class TinyMultiTask(Task):
     def evaluate(self, run, recipe, work):
         """Greedy answers on the held-out prompts, each judged on every attribute: accuracy per attribute and
         both at once (scores), and per prompt the attribute vector (``samples``)."""
-        from .evaluation.generation import load_model_and_tokenizer
+        from ...generation import load_model_and_tokenizer
 
         cfg = recipe.get(self.eval_kind) or {}
         if set(cfg) - self.EVAL_KEYS:
@@ -158,43 +162,7 @@ class TinyMultiTask(Task):
         samples = [{"id": r["prompt"], **{f"tiny_multi:{a}": 100.0 * j[a] for a in ATTRIBUTES},
                     "tiny_multi:both": 100.0 * all(j.values())} for r, j in zip(rows, judged)]
         return scores, {"n": len(rows), "samples": samples}, \
-            {"label": "program", "description": "aot_handbook.tiny_multi.judge_attributes (sum, format)"}
+            {"label": "program", "description": "aot_handbook.tasks.tiny.multi.judge_attributes (sum, format)"}
 
 
 register_task(TinyMultiTask())
-
-
-def main(argv=None):
-    import argparse
-
-    p = argparse.ArgumentParser(description="Tiny multi-attribute task: build assets, or evaluate runs.")
-    sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build")
-    e = sub.add_parser("eval")
-    e.add_argument("runs", nargs="+")
-    e.add_argument("--out", help="write per-sample attribute vectors of every run to this JSON file")
-    for q in (b, e):
-        q.add_argument("--root", default=".cache/tiny_multi")
-        q.add_argument("--tiny-root", default=None, help="default: tiny/ beside --root")
-    args = p.parse_args(argv)
-    paths = ensure_assets(args.root, tiny_root=args.tiny_root)
-    if args.command == "build":
-        print(json.dumps({k: str(v) for k, v in paths.items()}))
-        return
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    rows, per_sample = read_jsonl(paths["eval_prompts"]), {}
-    for run in args.runs:
-        model = AutoModelForCausalLM.from_pretrained(run, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(run)
-        scores = attribute_scores(model, tokenizer, rows)
-        per_sample[run] = [[int(s[a]) for a in ATTRIBUTES] for s in scores]
-        print(json.dumps({"run": run, **summarize_scores(scores, rows)}))
-    if args.out:
-        Path(args.out).write_text(json.dumps({"attributes": list(ATTRIBUTES), "prompts": [r["prompt"] for r in rows],
-                                              "scores": per_sample}))
-
-
-if __name__ == "__main__":
-    main()
