@@ -8,7 +8,7 @@ this script is the one place their shared settings are written, so the 29 files 
     python recipes/_generate.py          # (re)write the files
     python recipes/_generate.py --check  # exit 1 listing files that differ from the generator
 
-tests/test_recipes.py runs the check. Edit this script, not the generated files.
+tests/recipes/test_recipes.py runs the check. Edit this script, not the generated files.
 
 Provenance tags used in the comments of the generated files:
     [paper]    stated in Melnyk et al. 2024 (Sec. 5 "Experimental Setup", Figs. 2-3, Tables 1 and 7,
@@ -209,10 +209,15 @@ aot_penalty: logistic  # [paper] the best penalty in Fig. 2
 aot_sort: soft  # [paper] Table 1's AlpacaEval numbers are Table 7's soft-sort rows (Sinkhorn soft sort)
 # [choice] Sinkhorn strength/iterations: the paper gives none; our defaults (aot_handbook.softsort)
 aot_global_sort: false  # [paper] sort per GPU, as the paper's TRL code does; true sorts the global batch
+# Sort batch (ranks x per-device x accumulation): 1 x 2 x 16 = 32 per GPU, the paper's 32 per GPU, at a
+# micro-batch of 2 (see below). optimizer_batch sorts every micro-batch of the step together, exactly, in two
+# passes (docs/MATH.md sec. 7): one extra forward without gradients per sample, the memory of one micro-batch.
+aot_sort_scope: optimizer_batch  # [choice] micro_batch would sort 2 samples at a time
 aot_nll_weight: 0.0  # [paper] pure AOT loss, no NLL term"""
 
-SHARE_PROMPT = ("aot_share_prompt: true  # [handbook] one row per pair, the prompt run once: the same log-probs, "
-                "fewer tokens (BENCHMARKS.md sec. 1; flash-attention falls back to two rows)")
+SHARE_PROMPT = ("aot_share_prompt: true  # [handbook] each prompt once, several pairs per row (aot_padding_free, "
+                "default on): the same log-probs, fewer tokens (BENCHMARKS.md sec. 1; flash-attention: one varlen "
+                "row, the prompt repeated)")
 
 BASELINE_BETA = {
     "dpo": "beta: 0.01  # [paper] beta = 0.01 for all experiments; [handbook] zephyr DPO uses 0.01 too",
@@ -225,9 +230,17 @@ desirable_weight: 1.0  # [trl] default (KTO paper: keep weight x count of the tw
 undesirable_weight: 1.0  # [trl] default"""
 
 
+BATCH_NOTES = {  # what the 32 per GPU and step mean for each method
+    "aot": "AOT sorts these 32 per GPU together (aot_sort_scope above).",
+    "dpo": "DPO's loss is a mean of per-pair terms: accumulating 16 micro-batches gives the 32-pair gradient.",
+    "kto": "KTO estimates its KL reference point per micro-batch (gathered over GPUs), as in TRL.",
+}
+
+
 def train_block(method: str, unpaired_data: bool) -> str:
+    batch_note = BATCH_NOTES["aot" if method.startswith("aot") else "kto" if method == "kto" else "dpo"]
     positive_share = (
-        "\naot_positive_share: 0.5  # [choice] half positives, half negatives in each batch (sampler draws both)"
+        "\naot_positive_share: 0.5  # [choice] half positives, half negatives in each sorted batch of 32 per GPU"
         if method in ("aot_unpaired", "aot_multi") and unpaired_data else ""
     )
     return f"""\
@@ -238,14 +251,19 @@ def train_block(method: str, unpaired_data: bool) -> str:
 # and pass --optim paged_adamw_32bit (make validate-recipes checks the optimizer/launcher pair).
 optim: adamw_torch
 # [handbook] zephyr DPO LoRA learning rate; the paper gives none. The handbook's run: batch 4 on one GPU,
-# ~15,300 steps per epoch; this recipe: 32 x 8 GPUs, ~239 steps. recipes/ablations/learning_rate.sweep.yaml
+# ~15,300 steps per epoch; this recipe: 2 x 16 x 8 GPUs = 256, ~239 steps. recipes/ablations/learning_rate.sweep.yaml
 # tries higher rates (recipes/README.md, "Learning rate: steps per epoch").
 learning_rate: 5.0e-6
 lr_scheduler_type: cosine  # [handbook]
 warmup_steps: 0.1  # [handbook] warmup_ratio 0.1 (transformers 5: a float < 1 is a ratio of all steps)
 num_train_epochs: 1  # [handbook] one epoch; [paper] ~1 hour per 7B model on UltraFeedback, 8 x H100
-per_device_train_batch_size: 32  # [paper] "up to 35 samples per GPU" on 80GB with FSDP; [choice] 32 < 35
-gradient_accumulation_steps: 1  # [choice] accumulation would not enlarge the batch AOT sorts
+# [paper] "up to 35 samples per GPU" on 80 GB with FSDP; [choice] 32 per GPU and step, as 2 x 16: a micro-batch
+# of 2 fits one 24 GB GPU (estimated for a 7-8B model in bf16 with LoRA, gradient checkpointing and 1024 tokens:
+# 14.5-16 GB of weights, ~0.7 GB of LoRA weights, gradients and AdamW state, ~0.6 GB of checkpointed layer inputs
+# and ~1 GB for recomputing one layer; not measured here).
+# {batch_note}
+per_device_train_batch_size: 2
+gradient_accumulation_steps: 16
 max_length: 1024  # [handbook] (also TRL's default) prompt + completion tokens
 bf16: true  # [choice] the paper gives no precision; bf16 is what H100s and the handbook use
 gradient_checkpointing: true  # [handbook] (FSDP users: see recipes/accelerate_configs/fsdp.yaml)
