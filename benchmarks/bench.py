@@ -4,7 +4,7 @@ Every comparison is interleaved (A, B, B, A, ...), warmed up, and reported as me
 spread (min-max) over repeats; the machine is shared, so read the spread before the median.
 Each trainer measurement runs in a fresh subprocess so its peak RSS is its own.
 
-    python benchmarks/bench.py [--quick] [--only trainer,realistic,cache,loss,generate] [--json out.json]
+    python benchmarks/bench.py [--quick] [--only trainer,realistic,cache,loss,generate,accumulation] [--json out.json]
         [--root REPOSITORY] [--work-dir DIR]
 
 Repository tooling, not part of the installed package: it reads the repository's recipes (``recipes/tiny``)
@@ -21,12 +21,15 @@ Sections:
   goes per layout (policy forward, backward, reference forward), including the prompt through the KV cache
   (``prefix.py``); peak RSS and 10 ``train()`` steps' losses per side, with a float-rounding control.
 - ``cache``: a tiny sweep (AOT paired, AOT unpaired, DPO, IPO x 2 seeds) through
-  ``aot_handbook.run.train`` with ``precompute_ref_log_probs: true``: TRL 1.16 as it is against
+  ``aot_handbook.plan.train`` with ``precompute_ref_log_probs: true``: TRL 1.16 as it is against
   the same sweep sharing one cache (``trainer.SharedRefCache``'s stable key) vs each run with its own;
   whether each run computed or reused the reference log-probs, and its step-1 loss.
 - ``loss``: forward+backward time of ``aot_loss`` against n for the hard sort, the Sinkhorn soft
   sort (autograd memory O(n_iter * n^2): skipped above ~2 GB) and the PAV soft sort.
 - ``generate``: greedy generation on the tiny model, left-padded batches against one prompt at a time.
+- ``accumulation``: sorting the optimizer batch under gradient accumulation (``bench_accumulation.py``): peak
+  RSS of a step sorting 512 pairs at micro-batch 8 against a step of 8, and time per sample against
+  ``aot_sort_scope: micro_batch``, on the realistic shapes.
 """
 
 from __future__ import annotations
@@ -139,7 +142,7 @@ def _emit(result: dict) -> None:
 
 
 def tiny_paths() -> dict:
-    from aot_handbook.tiny import ensure_tiny_assets
+    from aot_handbook.tasks.tiny.arithmetic import ensure_tiny_assets
 
     paths = ensure_tiny_assets(ROOT / ".cache" / "tiny")
     sft = ROOT / "runs" / "tiny-sft"
@@ -193,8 +196,9 @@ def realistic_assets(n_pairs: int, seed: int = 0):
 
 
 def _build_trainer(side: str, loss_type: str, steps: int, batch: int, seed: int, shape: str = "tiny"):
-    """Ours (AOTTrainer; ``ours_two_rows``: with ``aot_share_prompt=False``, TRL's layout) or TRL's
-    DPOTrainer AOT: same model, data, batch, steps, seed. ``shape``: the tiny task, or ``realistic``
+    """Ours (AOTTrainer: ``ours`` its default, padding-free rows; ``one_row``: ``aot_padding_free=False``, one row
+    per pair; ``ours_two_rows``: ``aot_share_prompt=False``, TRL's layout) or TRL's DPOTrainer AOT: same model,
+    data, batch, steps, seed. ``shape``: the tiny task, or ``realistic``
     (``realistic_assets``: a 32k vocabulary, UltraFeedback-like lengths)."""
     import copy
 
@@ -222,8 +226,9 @@ def _build_trainer(side: str, loss_type: str, steps: int, batch: int, seed: int,
                   gradient_checkpointing=False,
                   report_to="none", save_strategy="no", eval_strategy="no", logging_steps=steps,
                   dataloader_num_workers=0, precompute_ref_log_probs=False, disable_tqdm=True)
-    if side in ("ours", "ours_two_rows"):
-        cls, args = AOTTrainer, AOTConfig(loss_type=loss_type, aot_share_prompt=side == "ours", **common)
+    if side in ("ours", "one_row", "ours_two_rows"):  # the default (padding-free), one row per pair, TRL's rows
+        cls, args = AOTTrainer, AOTConfig(loss_type=loss_type, aot_share_prompt=side != "ours_two_rows",
+                                          aot_padding_free=side == "ours", **common)
     else:
         # trl_pad64: TRL with its rows padded to a multiple of 64, the same math in another float rounding
         # (a control: how far float32 alone moves the losses at these shapes).
@@ -262,22 +267,28 @@ def _train_child(side: str, loss_type: str, steps: int, batch: int, seed: int, w
 
 
 def _positions(side: str, trainer, inputs) -> dict:
-    """Token positions one forward pass runs through the backbone and through the LM head (TRL's fused head
-    scores every position off CUDA/XPU; on them it keeps the completion positions, as ours does everywhere)."""
+    """Token positions one forward pass runs through the backbone (``tokens``, padding included), the real tokens
+    among them (``real``), and the positions through the LM head (``logits``; TRL's fused head scores every
+    position off CUDA/XPU; on them it keeps the completion positions, as ours does everywhere)."""
     ids = inputs["input_ids"]
+    real, pairs = int(inputs["attention_mask"].sum()), ids.size(0) // 2  # (TRL drops prompts over max_length)
     if side == "trl":
-        return {"tokens": ids.numel(), "logits": ids.size(0) * (ids.size(1) - 1)}
-    packed = trainer._pack(inputs) if side == "ours" else None
+        return {"tokens": ids.numel(), "real": real, "logits": ids.size(0) * (ids.size(1) - 1), "pairs": pairs}
+    packed = trainer._pack(inputs, log=False) if side in ("ours", "one_row") else None
     if packed is None:
-        return {"tokens": ids.numel(), "logits": int(inputs["completion_mask"][:, 1:].sum())}
-    return {"tokens": packed.input_ids.numel(), "logits": int((packed.labels[:, 1:] != -100).sum())}
+        return {"tokens": ids.numel(), "real": real, "logits": int(inputs["completion_mask"][:, 1:].sum()),
+                "pairs": pairs}
+    stats = packed.stats()
+    return {"tokens": stats["positions"], "real": stats["tokens"], "logits": int((packed.labels[:, 1:] != -100).sum()),
+            "rows": stats["rows"], "pairs": pairs}
 
 
-def _steps_child(loss_type: str, steps: int, batch: int, seed: int, warmup: int, shape: str = "tiny") -> dict:
+def _steps_child(loss_type: str, steps: int, batch: int, seed: int, warmup: int, shape: str = "tiny",
+                 sides: tuple = ("ours", "ours_two_rows", "trl")) -> dict:
     """The trainers in one process, their training steps (forward, reference forward, loss, backward)
     interleaved one by one on the same batches, the order rotating each step, so load changes hit
-    every side alike. ``ours_two_rows`` (ours without the shared prompt) shows where a difference comes from."""
-    sides = ("ours", "ours_two_rows", "trl")
+    every side alike. ``one_row`` and ``ours_two_rows`` (ours without padding-free rows, without the shared
+    prompt) show where a difference comes from."""
     trainers = {side: _build_trainer(side, loss_type, steps, batch, seed, shape) for side in sides}
     loaders = {side: iter(t.get_train_dataloader()) for side, t in trainers.items()}
     batches = {side: [next(loaders[side]) for _ in range(min(steps, 8))] for side in trainers}
@@ -288,7 +299,7 @@ def _steps_child(loss_type: str, steps: int, batch: int, seed: int, warmup: int,
         t.model.train()
         t.current_gradient_accumulation_steps = 1  # set by train(); training_step divides by it
     for i in range(warmup + steps):
-        for side in sides[i % 3:] + sides[:i % 3]:
+        for side in sides[i % len(sides):] + sides[:i % len(sides)]:
             t = trainers[side]
             inputs = batches[side][i % len(batches[side])]
             t0 = time.perf_counter()
@@ -299,20 +310,29 @@ def _steps_child(loss_type: str, steps: int, batch: int, seed: int, warmup: int,
             if i >= warmup:
                 times[side].append(dt)
 
-    def ratio(side):  # per step: TRL time / this side's time
-        return summary([b / a for a, b in zip(times[side], times["trl"])])
+    def ratio(side, base="trl"):  # per step: the base side's time / this side's time
+        return summary([b / a for a, b in zip(times[side], times[base])])
 
-    packed = trainers["ours"]._pack(batches["ours"][0])
+    packed = trainers["ours"]._pack(batches["ours"][0], log=False)
     # Per training step (policy and reference pass), the mean over the timed batches.
-    per_step = {s: {k: 2 * statistics.mean(_positions(s, trainers[s], b)[k] for b in batches[s])
-                    for k in ("tokens", "logits")} for s in sides}
-    return {"loss_type": loss_type, "shape": shape, "same_batches": same,
-            "step_s": {s: summary(v) for s, v in times.items()},
-            "samples_per_s": {s: batch / summary(v)["median"] for s, v in times.items()},
-            "paired_ratio": ratio("ours"), "two_rows_ratio": ratio("ours_two_rows"), "per_step": per_step,
-            "tokens_per_batch": {"ours": packed.input_ids.numel() if packed is not None else None,
-                                 "trl": batches["trl"][0]["input_ids"].numel()},
-            "step1_loss": {s: v[0] for s, v in losses.items()}}
+    positions = {s: [_positions(s, trainers[s], b) for b in batches[s]] for s in sides}
+    per_step = {s: {k: 2 * statistics.mean(p[k] for p in ps) for k in ("tokens", "real", "logits")}
+                for s, ps in positions.items()}
+    for s, ps in positions.items():
+        per_step[s]["padding"] = 1 - per_step[s]["real"] / per_step[s]["tokens"]
+        per_step[s]["pairs_per_row"] = statistics.mean(p["pairs"] / p.get("rows", 2 * p["pairs"]) for p in ps)
+    out = {"loss_type": loss_type, "shape": shape, "same_batches": same, "sides": list(sides), "batch": batch,
+           "step_s": {s: summary(v) for s, v in times.items()},
+           "samples_per_s": {s: batch / summary(v)["median"] for s, v in times.items()},
+           "per_step": per_step, "step1_loss": {s: v[0] for s, v in losses.items()},
+           "ratios": {base: {s: ratio(s, base) for s in sides} for base in ("trl", "one_row") if base in sides},
+           "tokens_per_batch": {"ours": packed.input_ids.numel() if packed is not None else None,
+                                "trl": batches[sides[-1]][0]["input_ids"].numel()}}
+    if "trl" in sides:  # the keys of the trainer section and the batch-4 realistic table
+        out["paired_ratio"] = out["ratios"]["trl"]["ours"]
+        if "ours_two_rows" in sides:
+            out["two_rows_ratio"] = out["ratios"]["trl"]["ours_two_rows"]
+    return out
 
 
 def bench_trainer(*, loss_types=("aot_paired", "aot_unpaired"), steps=20, batch=64, repeats=3, warmup=3,
@@ -376,21 +396,22 @@ def trainer_table(res: dict) -> str:
 # ---------------------------------------------------------------- 1b. the same on realistic shapes
 
 
-LAYOUTS = ("trl", "two_rows", "packed", "prefix")
+LAYOUTS = ("trl", "two_rows", "packed", "padfree", "prefix")
 
 
 def _layouts_child(steps: int, batch: int, seed: int, warmup: int) -> dict:
     """Where a step's time goes, per layout, on the realistic shapes: the policy's log-probs forward and backward
     and the reference's forward, timed apart, interleaved batch by batch on TRL's collated batches. ``trl``: TRL's
     fused head over every position (what DPOTrainer runs off CUDA); ``two_rows``: the head on completion
-    positions only; ``packed``: one row per pair; ``prefix``: the prompt once through the KV cache (prefix.py)."""
+    positions only; ``packed``: one row per pair; ``padfree``: padding-free rows of several pairs (the default);
+    ``prefix``: the prompt once through the KV cache (prefix.py)."""
     import copy
 
+    from prefix import prefix_logps  # benchmarks/prefix.py, beside this file
     from trl import DPOConfig, DPOTrainer
     from trl.trainer.utils import add_fused_lm_head
 
-    from aot_handbook.packing import completion_logps, pack_pairs
-    from aot_handbook.prefix import prefix_logps
+    from aot_handbook.packing import Layout, attention_tokens, completion_logps, pack_pairs
 
     tokenizer, data, model = realistic_assets(steps * batch, seed)
     ref = copy.deepcopy(model).eval().requires_grad_(False)
@@ -413,9 +434,10 @@ def _layouts_child(steps: int, batch: int, seed: int, warmup: int) -> dict:
             return completion_logps(m, m.base_model, labels, input_ids=ids, attention_mask=att)[0].sum(1).chunk(2)
         if layout == "prefix":
             return prefix_logps(m, m.base_model, ids, att, comp)
-        packed = pack_pairs(ids, att, comp)
+        rows = Layout(padding_free=layout == "padfree", attention_tokens=attention_tokens(m.config))
+        packed = pack_pairs(ids, att, comp, layout=rows)
         lp = completion_logps(m, m.base_model, packed.labels, **packed.model_kwargs("sdpa"))[0]
-        return (lp * packed.chosen_mask).sum(1), (lp * packed.rejected_mask).sum(1)
+        return packed.unpack(lp).sum(1).chunk(2)
 
     batches = [b for b, _ in zip(loader, range(steps))]
     parts = {lay: {"forward": [], "backward": [], "reference": [], "step": []} for lay in LAYOUTS}
@@ -445,19 +467,25 @@ def _layouts_child(steps: int, batch: int, seed: int, warmup: int) -> dict:
 
 def layouts_table(res: dict) -> str:
     names = {"trl": "TRL's two rows, head on every position", "two_rows": "two rows, head on completions",
-             "packed": "one row per pair", "prefix": "prompt once through the KV cache"}
+             "packed": "one row per pair", "padfree": "padding-free rows",
+             "prefix": "prompt once through the KV cache"}
     rows = [[names[lay], fmt(r["forward"], 3), fmt(r["backward"], 3), fmt(r["reference"], 3), fmt(r["step"], 3),
              fmt(r["ratio"], 2), f"{r['max_logp_diff']:.1e}"] for lay, r in res.items() if lay in LAYOUTS]
     return table(["layout", "policy forward s", "policy backward s", "reference forward s", "total s",
                   "TRL total / this", "max |log-prob diff| vs TRL (batch 1)"], rows)
 
 
+REALISTIC_SIDES = ("ours", "one_row", "ours_two_rows", "trl")
+
+
 def bench_realistic(*, loss_type="aot_paired", steps=8, batch=4, warmup=2, memory_steps=10, seed=0,
-                    sides=("ours", "ours_two_rows", "trl", "trl_pad64"), layouts=True) -> dict:
+                    sides=("ours", "one_row", "ours_two_rows", "trl", "trl_pad64"), layouts=True,
+                    padfree: dict | None = None) -> dict:
     """AOTTrainer in each layout against TRL on the realistic shapes (``realistic_assets``): throughput
     interleaved step by step in one process (``_steps_child``); peak RSS and the losses of ``train()`` for
     ``memory_steps`` steps, each side in a fresh process (``sides``; none: skipped)."""
-    steps_res = _child(["_steps", loss_type, str(steps), str(batch), str(seed), str(warmup), "realistic"])
+    steps_res = _child(["_steps", loss_type, str(steps), str(batch), str(seed), str(warmup), "realistic",
+                        ",".join(REALISTIC_SIDES)])
     layouts = _child(["_layouts", str(steps), str(batch), str(seed), str(warmup)]) if layouts else None
     runs = {side: _child(["_train", side, loss_type, str(memory_steps), str(batch), str(seed), "0", "realistic"])
             for side in sides}
@@ -472,31 +500,172 @@ def bench_realistic(*, loss_type="aot_paired", steps=8, batch=4, warmup=2, memor
     res["config"] = {"loss_type": loss_type, "steps": steps, "warmup_steps": warmup, "batch": batch,
                      "memory_steps": memory_steps, "seed": seed, "model": REALISTIC_MODEL,
                      "lengths": REALISTIC_LENGTHS, "threads": torch.get_num_threads()}
+    res["padfree"] = bench_padfree(loss_type=loss_type, seed=seed, **padfree) if padfree is not None else None
     return res
 
 
 def realistic_table(res: dict) -> str:
     st, runs = res["steps"], res["train"]
-    names = {"ours": "ours, one row per pair (default)", "ours_two_rows": "ours, two rows (aot_share_prompt: false)",
-             "trl": "TRL DPOTrainer(loss_type=\"aot\")"}
+    names = {"ours": "ours, padding-free rows (default)",
+             "one_row": "ours, one row per pair (aot_padding_free: false)",
+             "ours_two_rows": "ours, two rows (aot_share_prompt: false)", "trl": "TRL DPOTrainer(loss_type=\"aot\")"}
     rows = []
-    for side in ("ours", "ours_two_rows", "trl"):
-        ratio = {"ours": fmt(st["paired_ratio"], 3), "ours_two_rows": fmt(st["two_rows_ratio"], 3), "trl": "1"}[side]
+    for side in st["sides"]:
         r = runs.get(side)
-        rows.append([names[side], fmt(st["step_s"][side], 3), ratio, f"{st['per_step'][side]['tokens']:.0f}",
+        rows.append([names[side], fmt(st["step_s"][side], 3), fmt(st["ratios"]["trl"][side], 3),
+                     f"{st['per_step'][side]['tokens']:.0f}", f"{st['per_step'][side]['padding']:.1%}",
                      f"{st['per_step'][side]['logits']:.0f}",
                      f"{r['peak_rss_mb']:.0f} ({r['rss_ratio']:.3f})" if r and "rss_ratio" in r else "n/a",
                      f"{st['step1_loss'][side] - st['step1_loss']['trl']:.1e}",
                      f"{r['loss_diff']:.1e}" if r and "loss_diff" in r else "n/a"])
     if "trl_pad64" in runs:  # the control: no interleaved timing, only its losses and RSS
         r = runs["trl_pad64"]
-        rows.append(["TRL, rows padded to a multiple of 64 (float-rounding control)", "n/a", "n/a", "n/a", "n/a",
+        rows.append(["TRL, rows padded to a multiple of 64 (float-rounding control)", *["n/a"] * 5,
                      f"{r['peak_rss_mb']:.0f} ({r['rss_ratio']:.3f})",
                      f"{r['losses'][0] - runs['trl']['losses'][0]:.1e}",
                      f"{r['loss_diff']:.1e}"])
     return table(["side", "step s (median [min-max])", "TRL time / this side's, per step", "tokens per step",
-                  "logits per step", "peak RSS MB (/ TRL)", "step-1 loss - TRL's", "max |loss diff| over train()"],
-                 rows)
+                  "padding share", "logits per step", "peak RSS MB (/ TRL)", "step-1 loss - TRL's",
+                  "max |loss diff| over train()"], rows)
+
+
+# ---------------------------------------------------------------- 1c. padding-free rows at batch 4, 16, 32
+
+
+PADFREE_SIDES = ("ours", "one_row", "trl")
+
+
+def _available_mb() -> float:
+    try:
+        line = next(x for x in open("/proc/meminfo") if x.startswith("MemAvailable:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        return float("inf")
+
+
+def bench_padfree(*, batches=(4, 16, 32), steps=4, warmup=1, memory_steps=10, seed=0, loss_type="aot_paired",
+                  profile_batch: int | None = 16, memory_share=0.6) -> dict:
+    """Padding-free rows (``ours``, the default) against one row per pair (``one_row``, the default before) and
+    TRL on the realistic shapes, per batch size: training steps interleaved in one process (``_steps_child``);
+    peak RSS and ``memory_steps`` steps' losses of ``train()``, each side in a fresh process; where a step's time
+    goes (``_profile_child``) at ``profile_batch``. TRL's peak grows with its rows (its head keeps every
+    position); where its peak, extrapolated from the smallest batch, would exceed ``memory_share`` of the
+    memory available now, TRL is left out at that batch (and said so)."""
+    out = {}
+    trl_mb_per_pair = None
+    for batch in sorted(batches):
+        sides, note = list(PADFREE_SIDES), None
+        if trl_mb_per_pair is not None and trl_mb_per_pair * batch > memory_share * _available_mb():
+            sides.remove("trl")
+            note = (f"TRL left out: ~{trl_mb_per_pair * batch / 1024:.0f} GB expected (from batch "
+                    f"{min(batches)}), {_available_mb() / 1024:.0f} GB available")
+        st = _child(["_steps", loss_type, str(steps), str(batch), str(seed), str(warmup), "realistic",
+                     ",".join(sides)])
+        runs = {side: _child(["_train", side, loss_type, str(memory_steps), str(batch), str(seed), "0", "realistic"])
+                for side in sides} if memory_steps else {}
+        for side, r in runs.items():
+            r["loss_diff"] = max(abs(a - b) for a, b in zip(r["losses"], runs["one_row"]["losses"]))
+        if "trl" in runs and trl_mb_per_pair is None:
+            trl_mb_per_pair = runs["trl"]["peak_rss_mb"] / batch
+        out[batch] = {"steps": st, "train": runs, "note": note}
+    if profile_batch:
+        out["profile"] = _child(["_profile", str(profile_batch), str(seed)])
+    return out
+
+
+def padfree_table(res: dict) -> str:
+    names = {"ours": "padding-free (default)", "one_row": "one row per pair (before)", "trl": "TRL"}
+    rows = []
+    for batch, r in res.items():
+        if not isinstance(batch, int):
+            continue
+        st = r["steps"]
+        for side in st["sides"]:
+            run = r["train"].get(side, {})
+            per = st["per_step"][side]
+            rows.append([batch, names[side], fmt(st["step_s"][side], 2),
+                         fmt(st["ratios"]["one_row"][side], 3),
+                         fmt(st["ratios"]["trl"][side], 3) if "trl" in st["ratios"] else "n/a",
+                         f"{per['tokens']:.0f}", f"{per['padding']:.1%}", f"{per['pairs_per_row']:.2f}",
+                         f"{run['peak_rss_mb']:.0f}" if run else "n/a",
+                         f"{run['loss_diff']:.1e}" if run else "n/a"])
+    return table(["batch", "layout", "step s (median [min-max])", "one-row time / this, per step",
+                  "TRL time / this", "positions per step", "padding share", "pairs per row", "peak RSS MB",
+                  "max |loss - one row's| over train()"], rows)
+
+
+def _profile_child(batch: int, seed: int, steps: int = 2) -> dict:
+    """Where a training step's time goes, padding-free rows against one row per pair (same batches, interleaved):
+    torch.profiler self CPU time of the attention kernels (SDPA forward and backward), the backbone's matrix
+    products, the LM head (every op on a vocabulary-wide tensor: TRL's chunked head and its backward) and the
+    layout's construction (``_pack`` and the mask, timed as named ranges); the rest (norms, rotary, activations,
+    embedding, optimizer-free bookkeeping) is ``other``. Profiler overhead included."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from aot_handbook.packing import PackedRows
+
+    vocab = REALISTIC_MODEL["vocab_size"]
+    trainers = {side: _build_trainer(side, "aot_paired", steps + 1, batch, seed, "realistic")
+                for side in ("ours", "one_row")}
+    make_mask = PackedRows.model_kwargs
+
+    def timed_mask(self, attention):
+        with record_function("layout"):
+            return make_mask(self, attention)
+
+    PackedRows.model_kwargs = timed_mask
+    out = {}
+    for side, t in trainers.items():
+        pack = t._pack
+
+        def timed_pack(*a, pack=pack, **k):
+            with record_function("layout"):
+                return pack(*a, **k)
+
+        t._pack = timed_pack
+        t.model.train()
+        t.current_gradient_accumulation_steps = 1
+        loader = iter(t.get_train_dataloader())
+        batches = [next(loader) for _ in range(steps + 1)]
+        t.training_step(t.model, batches[0])  # warm-up
+        parts = {"attention": 0.0, "linear": 0.0, "lm_head": 0.0, "layout": 0.0, "total": 0.0}
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for b in batches[1:]:
+                t0 = time.perf_counter()
+                t.training_step(t.model, b)
+                parts["total"] += time.perf_counter() - t0
+                t.model.zero_grad(set_to_none=True)
+        self_total = 0.0
+        for e in prof.key_averages(group_by_input_shape=True):
+            sec = e.self_cpu_time_total / 1e6
+            self_total += sec
+            if e.key == "layout":
+                parts["layout"] += e.cpu_time_total / 1e6 - sec
+            elif "scaled_dot_product" in e.key:
+                parts["attention"] += sec
+            elif any(vocab in shape for shape in e.input_shapes if isinstance(shape, (list, tuple))) \
+                    or "ChunkedLogProb" in e.key:
+                parts["lm_head"] += sec
+            elif e.key in ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::matmul", "aten::linear"):
+                parts["linear"] += sec
+        # shares of the profiled CPU time, scaled to the measured step time
+        known = parts["attention"] + parts["linear"] + parts["lm_head"] + parts["layout"]
+        scale = parts["total"] / self_total
+        out[side] = {k: (v * scale if k != "total" else v) / steps for k, v in parts.items()}
+        out[side]["other"] = (self_total - known) * scale / steps
+    PackedRows.model_kwargs = make_mask
+    return {"batch": batch, "steps": steps, "parts": out}
+
+
+def profile_table(res: dict) -> str:
+    names = {"ours": "padding-free (default)", "one_row": "one row per pair (before)"}
+    rows = []
+    for side, p in res["parts"].items():
+        rows.append([names[side], f"{p['total']:.2f}",
+                     *(f"{p[k]:.2f} ({p[k] / p['total']:.0%})" for k in ("attention", "linear", "lm_head", "layout",
+                                                                          "other"))])
+    return table(["layout", "step s", "attention (SDPA fwd+bwd) s", "backbone matmuls s", "LM head s",
+                  "layout + mask construction s", "other s"], rows)
 
 
 # ---------------------------------------------------------------- 2. reference log-prob cache
@@ -557,10 +726,11 @@ def _first_loss_recorder(losses: list):
 
 
 def train_probed(recipe: str, overrides: list[str]) -> dict:
-    """``run.train`` with the cache probe; step-1 loss; in this process."""
+    """``plan.train`` (a recipe's requires first, as ``aot-train``) with the cache probe; step-1 loss; in this
+    process."""
     from transformers import Trainer
 
-    from aot_handbook.run import train
+    from aot_handbook.plan import train
 
     record, losses = [], []
     original, step = _first_loss_recorder(losses)
@@ -743,7 +913,8 @@ def scaling_exponents(res: dict) -> dict:
 def bench_generate(*, n_prompts=256, n_single=64, repeats=3, batch_size=256, max_new_tokens=5) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from aot_handbook.tiny import generate, read_jsonl
+    from aot_handbook.io import read_jsonl
+    from aot_handbook.tasks.tiny.arithmetic import generate
 
     paths = tiny_paths()
     tok = AutoTokenizer.from_pretrained(paths["model"])
@@ -782,16 +953,20 @@ def generate_table(res: dict) -> str:
 
 QUICK = {
     "trainer": dict(loss_types=("aot_paired",), steps=3, batch=16, repeats=0, warmup=1),
-    "realistic": dict(steps=1, warmup=0, batch=2, sides=(), layouts=False),  # no train() processes, no layouts
+    "realistic": dict(steps=1, warmup=0, batch=2, sides=(), layouts=False,  # no train() processes, no layouts
+                      padfree=dict(batches=(2,), steps=1, warmup=0, memory_steps=0, profile_batch=None)),
     "loss": dict(sizes=(64, 1024, 16384), repeats=3, min_time=0.01, soft_max_n=64),
     "generate": dict(n_prompts=32, n_single=4, repeats=1, batch_size=32),
+    "accumulation": dict(pairs=8, micro=4, repeats=1, context=0),
 }
 FULL = {
     "trainer": dict(loss_types=("aot_paired", "aot_unpaired"), steps=20, batch=64, repeats=2, warmup=3),
-    "realistic": dict(),
+    "realistic": dict(padfree=dict()),
+    "padfree": dict(),  # also part of realistic; alone: make bench ARGS="--only padfree"
     "cache": dict(seeds=(0, 1), steps=10, repeats=2),
     "loss": dict(),
     "generate": dict(),
+    "accumulation": dict(),
 }
 
 
@@ -799,8 +974,13 @@ def run(sections: list[str], quick: bool) -> dict:
     plan = QUICK if quick else FULL
     results = {"machine": machine(), "quick": quick}
     fns = {"trainer": (bench_trainer, trainer_table), "realistic": (bench_realistic, realistic_table),
+           "padfree": (bench_padfree, padfree_table),
            "cache": (bench_cache, cache_table),
            "loss": (bench_loss, loss_table), "generate": (bench_generate, generate_table)}
+    if "accumulation" in sections:
+        from bench_accumulation import accumulation_table, bench_accumulation
+
+        fns["accumulation"] = (bench_accumulation, accumulation_table)
     for name in sections:
         if name not in plan:
             print(f"\n## {name}: not part of {'--quick' if quick else 'the full run'}", flush=True)
@@ -809,7 +989,8 @@ def run(sections: list[str], quick: bool) -> dict:
         res = fns[name][0](**plan[name])
         results[name] = res
         print(f"\n## {name} ({time.perf_counter() - t0:.0f} s)\n", flush=True)
-        print(fns[name][1](res), flush=True)
+        if name != "padfree":  # printed with its notes and profile below
+            print(fns[name][1](res), flush=True)
         if name == "cache":
             print("\n" + cache_summary_table(res))
             print(f"\nspeedup {res['speedup']:.2f}x; max |step-1 loss diff| {res['step1_loss_max_diff']:.1e}")
@@ -822,6 +1003,20 @@ def run(sections: list[str], quick: bool) -> dict:
                 results["loss_share"] = share
                 print(f"hard-sort aot_loss at n=64: {share:.4%} of an AOTTrainer step (batch "
                       f"{results['trainer']['config']['batch']})")
+        if name == "padfree":
+            res = {"padfree": res}
+        if name in ("realistic", "padfree"):
+            if res["padfree"]:
+                print("\npadding-free rows against one row per pair and TRL, batch 4, 16, 32 (steps interleaved in "
+                      "one process per batch; RSS and losses: train(), a fresh process per side):\n")
+                print(padfree_table(res["padfree"]))
+                for batch, r in res["padfree"].items():
+                    if isinstance(batch, int) and r["note"]:
+                        print(f"batch {batch}: {r['note']}")
+                if "profile" in res["padfree"]:
+                    print(f"\nwhere a step's time goes, batch {res['padfree']['profile']['batch']} (torch.profiler "
+                          "self CPU time, scaled to the measured step):\n")
+                    print(profile_table(res["padfree"]["profile"]))
         if name == "realistic":
             if res["layouts"]:
                 print("\nwhere the time goes, per layout "
@@ -851,8 +1046,11 @@ def run(sections: list[str], quick: bool) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a small smoke run (< 1 min): one trainer pair, small n")
-    p.add_argument("--only", default="trainer,realistic,cache,loss,generate", help="comma-separated sections")
+    p.add_argument("--only", default="trainer,realistic,cache,loss,generate,accumulation",
+                   help="comma-separated sections (padfree: the padding-free part of realistic alone)")
     p.add_argument("--json", help="also write every number to this file")
+    p.add_argument("--accumulation-pairs", type=int, default=None, metavar="N",
+                   help="accumulation section: pairs per optimizer step (default 512; micro-batches of 8)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per process (default 1: on a shared machine, 2+ threads stall on each other)")
     p.add_argument("--root", type=Path, default=ROOT,
@@ -864,6 +1062,8 @@ def main(argv: list[str] | None = None) -> dict:
     set_threads(a.threads)
     for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)
+    if a.accumulation_pairs:
+        (QUICK if a.quick else FULL)["accumulation"]["pairs"] = a.accumulation_pairs
     results = run([s.strip() for s in a.only.split(",") if s.strip()], a.quick)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -878,10 +1078,20 @@ def _child_main(argv: list[str]) -> None:
         side, loss_type, steps, batch, seed, warmup, *shape = argv[1:8]
         _emit(_train_child(side, loss_type, int(steps), int(batch), int(seed), int(warmup), *shape))
     elif cmd == "_steps":
-        loss_type, steps, batch, seed, warmup, *shape = argv[1:7]
-        _emit(_steps_child(loss_type, int(steps), int(batch), int(seed), int(warmup), *shape))
+        loss_type, steps, batch, seed, warmup, *rest = argv[1:8]
+        sides = {"sides": tuple(rest[1].split(","))} if len(rest) > 1 else {}
+        _emit(_steps_child(loss_type, int(steps), int(batch), int(seed), int(warmup), *rest[:1], **sides))
+    elif cmd == "_profile":
+        _emit(_profile_child(int(argv[1]), int(argv[2])))
     elif cmd == "_layouts":
         _emit(_layouts_child(*(int(x) for x in argv[1:5])))
+    elif cmd in ("_accum_memory", "_accum_time"):
+        import bench_accumulation
+
+        if cmd == "_accum_memory":
+            _emit(bench_accumulation.memory_child(int(argv[1]), int(argv[2]), int(argv[3]), argv[4], int(argv[5])))
+        else:
+            _emit(bench_accumulation.time_child(*(int(x) for x in argv[1:4])))
     elif cmd == "_sweep_run":
         _emit(train_probed(argv[1], json.loads(argv[2])))
     else:

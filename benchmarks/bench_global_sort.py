@@ -64,7 +64,7 @@ def _worker(args):
 
     from aot_handbook.configs import AOTConfig
     from aot_handbook.io import read_jsonl
-    from aot_handbook.tiny import ensure_tiny_assets
+    from aot_handbook.tasks.tiny.arithmetic import ensure_tiny_assets
     from aot_handbook.trainers import AOTTrainer, gather_with_grad
 
     torch.set_num_threads(args.threads)

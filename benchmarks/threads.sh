@@ -30,7 +30,7 @@ scratch() {  # a folder that looks like the repository to make, with this enviro
   cp -r "$REPO/recipes" "$dir/recipes"
   for f in Makefile scripts setup.cfg pyproject.toml src; do ln -s "$REPO/$f" "$dir/$f"; done
   touch "$dir/.cache/deps-installed-${PYTHON//\//_}"
-  (cd "$dir" && HF_HUB_OFFLINE=1 "$PYTHON" -c "from aot_handbook.tiny import ensure_tiny_assets; ensure_tiny_assets()")
+  (cd "$dir" && HF_HUB_OFFLINE=1 "$PYTHON" -c "from aot_handbook.tasks.tiny.arithmetic import ensure_tiny_assets; ensure_tiny_assets()")
 }
 
 competitor() {  # one CPU-bound process (its own process group) until killed; prints the group id
