@@ -11,7 +11,7 @@ is evaluated greedily on the 600 held-out prompts, each answer judged on both at
 gives per-attribute accuracy (mean and spread over seeds), and the multivariate dominance test
 (``dominance.multivariate_relative``, and pairwise ratios with Holm-corrected p-values) ranks the
 methods on the per-prompt attribute vectors (each prompt's attributes averaged over the seeds).
-Finished runs are not retrained (run.train recognises them); results go to --out.
+Finished runs are not retrained (aot_handbook.plan.train recognises them); results go to --out.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import numpy as np
 
 from aot_handbook.compare import joint_test
 from aot_handbook.io import read_jsonl
-from aot_handbook.run import train
-from aot_handbook.tiny_multi import ATTRIBUTES, attribute_scores, ensure_assets, summarize_scores
+from aot_handbook.plan import train
+from aot_handbook.tasks.tiny.multi import ATTRIBUTES, attribute_scores, ensure_assets, summarize_scores
 
 METHODS = {"sft": "recipes/tiny/multi/sft.yaml", "aot_multi": "recipes/tiny/multi/aot_multi.yaml",
            "aot_aggregated": "recipes/tiny/multi/aot_unpaired.yaml",
@@ -88,7 +88,11 @@ def main(argv=None):
     # per prompt: each attribute averaged over the seeds (the same prompts, in the same order, for every method)
     vectors = {m: np.mean([[[s_[a] for a in ATTRIBUTES] for s_ in scores[m, s]] for s in args.seeds], axis=0)
                for m in METHODS}
-    joint = joint_test(vectors)  # the multivariate ranking of `make compare --joint`, on these vectors
+    # the multivariate ranking of `make compare --joint` as it was when docs/MULTI_REWARD.md's tables were computed
+    # (logistic cost, entropic value, symmetric CLT interval and p only); its default is now the squared hinge,
+    # debiased, logit-scale interval, with a permutation part in each verdict (docs/DOMINANCE.md)
+    joint = joint_test(vectors, cost="logistic", beta=10.0, reg=0.05, estimator="entropic", tol=1e-4,
+                       interval="normal", permutation=False)
     pairs = [{**q, "p_holm": q["p_corrected"]} for q in joint["pairs"]]
 
     lines = ["| method | sum | format | both | sum (carry prompts) | sum (no-carry prompts) |",
