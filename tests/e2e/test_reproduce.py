@@ -60,12 +60,21 @@ def test_quick_grid_end_to_end_and_resumes(tmp_path, monkeypatch):
         ["| 0 (SFT)", "| 1", "| 2"]
     assert all(" [" in line.split(" | ")[2] for line in rounds[-2:])  # accuracy with its interval
     assert (results / "tables" / "tabletiny-onpolicy.tex").is_file()
-    assert (results / "onpolicy" / "onpolicy-kto-seed_0" / "tiny.json").is_file()  # in their own folder only
-    assert not list(results.glob("onpolicy-*")) and not list(results.glob("onpolicy/*.json"))
+    # Fair tuning (issue 28): every method's 4 cells on the validation prompts, one chosen, run on held-out ones.
+    tuning = json.loads((results / "onpolicy" / "tuning.json").read_text())
+    assert tuning["evaluation"] == "recipes/eval/tiny_val.eval.yaml" and tuning["unscored"] == []
+    assert len(tuning["cells"]) == 24 and len(tuning["chosen"]) == 6
+    assert len(list(results.glob("onpolicy/tune/onpolicy-*/tiny_val.json"))) == 24
+    held_out = sorted(p.parent.name for p in results.glob("onpolicy/onpolicy-*/tiny.json"))
+    assert len(held_out) == 6 and len([n for n in held_out if n.startswith("onpolicy-kto-beta_")]) == 1
+    assert not list(results.glob("onpolicy-*")) and [p.name for p in results.glob("onpolicy/*.json")] == \
+        ["tuning.json"]  # the on-policy results in their own folder only
     op_claims = (results / "claims-onpolicy.md").read_text()
     for text in ("| AOT paired | none | 1 |", "| NLL control | NLL only | 1 |", "AOT paired vs SFT: ",
-                 "AOT unpaired vs DPO: ", "KTO vs NLL control: ", "round 2 vs round 1: "):
+                 "AOT unpaired vs DPO: ", "KTO vs NLL control: ", "round 2 vs round 1: ",
+                 "Fair tuning: every method the same budget", "| NLL control | learning_rate "):
         assert text in op_claims, text
+    assert "each method at the cell its fair tuning chose" in onpolicy
     assert "onpolicy" not in table1 and "tabletiny-onpolicy" not in claims
     quick_data = Path("runs/reproduce-tiny-quick/onpolicy-pairs/provenance.json")
     assert json.loads(quick_data.read_text())["counts"]["prompts"] == 64 and not Path("runs/tiny-pairs").exists()
@@ -83,7 +92,7 @@ def test_quick_grid_end_to_end_and_resumes(tmp_path, monkeypatch):
     assert len(runs) == 33
     onpolicy_runs = [*Path("runs/reproduce-tiny-quick").glob("onpolicy-*/run.json"),
                      *Path("runs/reproduce-tiny-quick").glob("onpolicy-rounds-seed_0/round*/policy/run.json")]
-    assert len(onpolicy_runs) == 6 + 2
+    assert len(onpolicy_runs) == 24 + 2  # the tuning runs (the chosen cells' at seed 0 among them), 2 rounds
     stamps = {p: p.stat().st_mtime_ns for p in [*runs, *onpolicy_runs]}
     data_stamp = quick_data.stat().st_mtime_ns
     lost = results / "tiny-dpo-nll_0.0-seed_0" / "tiny.json"
@@ -143,6 +152,7 @@ def test_jobs_2_writes_what_jobs_1_writes(tmp_path, monkeypatch):
     assert [name for name in one if one[name] != two[name]] == []
     for name in ("results/reproduce-tiny-graded-quick/claims-graded.md", "results/reproduce-tiny-graded-quick/"
                  "tuning.json", "results/reproduce-tiny-quick/claims-onpolicy.md",
+                 "results/reproduce-tiny-quick/onpolicy/tuning.json",
                  "runs/reproduce-tiny-quick/onpolicy-rounds-seed_0/rounds.json"):
         assert name in one  # compared, not just absent from both
     assert sum(name.endswith(".safetensors") for name in one) >= 30

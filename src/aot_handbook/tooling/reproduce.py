@@ -21,7 +21,9 @@ grid, every cell trained at ``tune.seeds`` and evaluated with ``tune.evaluation`
 ``<results_dir>/tune``; for each base recipe the cell with the best ``tune.select`` scores (their mean over the
 tuning seeds; the first metric first, the earlier cell on a tie) is chosen, written to ``<results_dir>/tuning.json``,
 and run with the spec's ``seeds`` and evaluated with its ``evaluation`` (held-out prompts). A chosen cell's run at a
-tuning seed is the tuning run itself (same name, same arguments), so it is evaluated, not retrained.
+tuning seed is the tuning run itself (same name, same arguments), so it is evaluated, not retrained. The ``onpolicy``
+block takes a ``tune`` block of its own, the same way: its sweeps tuned on its data, ``tuning.json`` in its
+``results_dir``, after the data stage and before its runs.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from .sweep import SweepError, SweepRun, check_run, expand_mapping, to_cli
 SPEC_KEYS = {"output_root", "results_dir", "evaluation", "fixed", "seeds", "quick", "sweeps", "onpolicy", "tune"}
 TUNE_KEYS = {"evaluation", "select", "seeds"}
 ONPOLICY_KEYS = {"results_dir", "data", "data_overrides", "sweeps", "fixed", "rounds", "round_seeds",
-                 "rounds_overrides"}
+                 "rounds_overrides", "tune"}
 
 
 @dataclass
@@ -72,7 +74,7 @@ class Grid:
 
 @dataclass
 class Tune:
-    """The fair tuning of the offline sweeps: the tuning runs (a Grid of their own, evaluated on validation
+    """The fair tuning of a grid's sweeps: the tuning runs (a Grid of their own, evaluated on validation
     prompts), each base recipe's cells in grid order, and how a chosen cell becomes the grid's runs."""
 
     grid: Grid
@@ -81,6 +83,11 @@ class Tune:
     final: dict[str, dict]  # base recipe -> its sweep mapping (the grid's seeds), a chosen cell substituted
     spec: dict
     spec_path: str
+    key: str = "sweeps"  # where the sweeps are in the spec file (for errors)
+    moved: tuple[str, str, str] | None = None  # the on-policy data stage's (recipe, own, moved) folders (quick)
+
+    def prepare(self, run: SweepRun) -> SweepRun:
+        return _moved_data(run, *self.moved) if self.moved else run
 
     def expand(self, base: str, cell: dict) -> list[SweepRun]:
         """The grid's runs of ``base`` at ``cell``: the sweep with the cell's values as one-value grid entries (so
@@ -89,7 +96,7 @@ class Tune:
         sweep = {**sweep, "base": base, "grid": {k: [cell[k]] if k in cell else v for k, v in sweep["grid"].items()}}
         runs, _ = _expand(self.spec, {"chosen": sweep}, self.spec.get("seeds") or [], self.spec_path,
                           "tune", set())
-        return runs
+        return [self.prepare(run) for run in runs]
 
 
 @dataclass
@@ -153,14 +160,19 @@ def load(spec_path: str, *, quick: bool = False, check: bool = True) -> Grid:
     if spec.get("onpolicy"):
         grid.onpolicy = _load_onpolicy(spec, seeds, spec_path, seen, eval_name, late)
     if check:
-        for run in [*runs, *(tune.grid.runs if tune else []), *(grid.onpolicy.grid.runs if grid.onpolicy else [])]:
+        op = grid.onpolicy.grid if grid.onpolicy else None
+        for run in [*runs, *(tune.grid.runs if tune else []), *(op.runs if op else []),
+                    *(op.tune.grid.runs if op and op.tune else [])]:
             check_run(SweepRun(run.name, run.base, {**run.overrides, **late}, run.output_dir), spec_path)
     return grid
 
 
-def _load_tune(spec: dict, spec_path: str, late: dict) -> Tune:
-    """The ``tune`` block: the sweeps' cells at the tuning seeds, grouped by base recipe and cell."""
-    block, where = spec["tune"], f"{spec_path}: tune"
+def _load_tune(spec: dict, spec_path: str, late: dict, sweeps_key: str = "sweeps",
+               moved: tuple[str, str, str] | None = None) -> Tune:
+    """The ``tune`` block of ``spec`` (the file's, or its ``onpolicy`` block merged into it: ``sweeps_key`` says where
+    the sweeps are): the sweeps' cells at the tuning seeds, grouped by base recipe and cell."""
+    prefix = sweeps_key.rsplit("sweeps", 1)[0]
+    block, where = spec["tune"], f"{spec_path}: {prefix}tune"
     if not isinstance(block, dict) or set(block) - TUNE_KEYS:
         raise SweepError(f"{where}: a mapping with keys {sorted(TUNE_KEYS)}; unknown: "
                          f"{sorted(set(block) - TUNE_KEYS) if isinstance(block, dict) else block!r}")
@@ -176,17 +188,18 @@ def _load_tune(spec: dict, spec_path: str, late: dict) -> Tune:
     if not isinstance(seeds, list) or not all(isinstance(x, int) for x in seeds):
         raise SweepError(f"{where}: 'seeds' must be a list of integers, got {seeds!r}")
     if not isinstance(spec["sweeps"], dict):
-        raise SweepError(f"{spec_path}: 'sweeps' must map names to sweeps")
+        raise SweepError(f"{spec_path}: '{sweeps_key}' must map names to sweeps")
     cells, final = {}, {}
     for name, sweep in spec["sweeps"].items():
         if isinstance(sweep, dict) and (sweep.get("runs") or not sweep.get("grid")):
-            raise SweepError(f"{spec_path}: sweeps.{name}: with 'tune', a sweep is a 'grid' (the tuning grid), "
+            raise SweepError(f"{spec_path}: {sweeps_key}.{name}: with 'tune', a sweep is a 'grid' (the tuning grid), "
                              "not a list of 'runs'")
-        runs, _ = _expand(spec, {name: sweep}, seeds, spec_path, "sweeps", set())
+        runs, _ = _expand(spec, {name: sweep}, seeds, spec_path, sweeps_key, set())
         for run in runs:
             base = run.base
             if base in final and final[base] is not sweep:
-                raise SweepError(f"{spec_path}: sweeps.{name}: base {base} is tuned in two sweeps; tune it in one")
+                raise SweepError(f"{spec_path}: {sweeps_key}.{name}: base {base} is tuned in two sweeps; "
+                                 "tune it in one")
             final[base] = sweep
             cell = {k: run.overrides[k] for k in sweep["grid"] if k != "seed"}
             group = cells.setdefault(base, [])
@@ -194,13 +207,30 @@ def _load_tune(spec: dict, spec_path: str, late: dict) -> Tune:
                 group[-1][1].append(run)
             else:
                 group.append((cell, [run]))
-    runs = [r for group in cells.values() for _, rs in group for r in rs]
+    tune = Tune(None, select, cells, final, spec, spec_path, sweeps_key, moved)
+    runs = [tune.prepare(r) for group in cells.values() for _, rs in group for r in rs]
     try:
         eval_name = load_eval_recipe(block["evaluation"])["name"]
     except ValueError as err:
         raise SweepError(f"{where}: 'evaluation': {err}") from None
-    grid = Grid(runs, Path(spec["results_dir"]) / "tune", block["evaluation"], eval_name, to_cli(late))
-    return Tune(grid, select, cells, final, spec, spec_path)
+    tune.grid = Grid(runs, Path(spec["results_dir"]) / "tune", block["evaluation"], eval_name, to_cli(late))
+    return tune
+
+
+def tune_and_select(grid: Grid, *, only: str | None = None, jobs: int = 1) -> list[str]:
+    """The grid's tuning runs trained and evaluated, then each recipe's cell chosen (:func:`select`); returns what
+    failed (a recipe none of whose cells was scored among it)."""
+    print(f"[aot-reproduce] tuning: {len(grid.tune.grid.runs)} runs -> {grid.tune.grid.results_dir}, "
+          f"chosen by {', '.join(grid.tune.select)}", flush=True)
+    failed = run_grid(grid.tune.grid, only=only, jobs=jobs)
+    evaluate_sft(grid.tune.grid)
+    return failed + [f"tuning of {base}" for base in select(grid)["unscored"]]
+
+
+def _tuning(grid: Grid) -> dict | None:
+    """The grid's ``tuning.json`` (what :func:`select` wrote), None for a grid without ``tune``."""
+    path = grid.results_dir / "tuning.json"
+    return json.loads(path.read_text()) if grid.tune and path.is_file() else None
 
 
 def select(grid: Grid) -> dict:
@@ -292,10 +322,20 @@ def _load_onpolicy(spec: dict, seeds: list[int], spec_path: str, seen: set, eval
     if not isinstance(block.get("fixed") or {}, dict):
         raise SweepError(f"{where}: 'fixed' must be a mapping of recipe keys to values")
     spec = {**spec, "fixed": {**(spec.get("fixed") or {}), **(block.get("fixed") or {})}}  # its runs and rounds
-    runs, _ = _expand(spec, block["sweeps"], seeds, spec_path, "onpolicy.sweeps", seen)
-    if own != moved:
-        runs = [_moved_data(run, block["data"], own, moved) for run in runs]
-    grid = Grid(runs, Path(block["results_dir"]), spec["evaluation"], eval_name, to_cli(late))
+    moving = (block["data"], own, moved) if own != moved else None
+    tune = None
+    if block.get("tune"):  # its sweeps are a tuning grid on its own data; the runs are the chosen cells'
+        tune = _load_tune({**spec, "tune": block["tune"], "sweeps": block["sweeps"], "seeds": seeds,
+                           "results_dir": block["results_dir"]}, spec_path, late, "onpolicy.sweeps", moving)
+        runs = []
+        for run in tune.grid.runs:
+            if run.output_dir in seen:
+                raise SweepError(f"{spec_path}: onpolicy.sweeps: run {run.name} is also in an earlier sweep; "
+                                 "remove one")
+    else:
+        runs, _ = _expand(spec, block["sweeps"], seeds, spec_path, "onpolicy.sweeps", seen)
+        runs = [_moved_data(run, *moving) for run in runs] if moving else runs
+    grid = Grid(runs, Path(block["results_dir"]), spec["evaluation"], eval_name, to_cli(late), tune=tune)
     return OnPolicy(grid, block["data"], args["data"], block.get("rounds"), round_seeds, args.get("rounds", []),
                     spec["output_root"], to_cli(spec.get("fixed") or {}))
 
@@ -469,8 +509,9 @@ def _logged(log: Path):
 
 
 def run_onpolicy(op: OnPolicy, *, only: str | None = None, jobs: int = 1) -> list[str]:
-    """The on-policy regime: its data stage (skipped once written), then its runs and the rounds of each round
-    seed (every round's policy evaluated like a run), ``jobs`` at a time. Returns what failed."""
+    """The on-policy regime: its data stage (skipped once written), its tuning and choice (with ``tune``), then its
+    runs and the rounds of each round seed (every round's policy evaluated like a run), ``jobs`` at a time.
+    Returns what failed."""
     data = Path(parse_pairs_recipe(op.data, op.data_args).output_dir)
     if not (data / "provenance.json").is_file():
         started = time.time()
@@ -485,11 +526,12 @@ def run_onpolicy(op: OnPolicy, *, only: str | None = None, jobs: int = 1) -> lis
                   file=sys.stderr)
             return ["onpolicy-data"]
         print(f"[aot-reproduce] on-policy data: {time.time() - started:.0f} s", flush=True)
+    failed = tune_and_select(op.grid, only=only, jobs=jobs) if op.grid.tune else []
     # Each seed's rounds are one cell, listed first: the longest, so it does not finish alone at the end.
     rounds = [Cell(op.rounds_dir(seed).name, functools.partial(_rounds_logged, op, seed), None, [],
                    op.rounds_dir(seed) / "rounds.log")
               for seed in (op.round_seeds if op.rounds else []) if only is None or only in op.rounds_dir(seed).name]
-    return run_cells([*rounds, *grid_cells(op.grid, only=only)], jobs)
+    return failed + run_cells([*rounds, *grid_cells(op.grid, only=only)], jobs)
 
 
 def _rounds_logged(op: OnPolicy, seed: int) -> bool:
@@ -571,6 +613,7 @@ def dry_run(grid: Grid, *, offline: bool = True, onpolicy: bool = True) -> None:
     op = grid.onpolicy if onpolicy else None
     tuning = [(grid.tune.grid, r) for r in grid.tune.grid.runs] if offline and grid.tune else []
     listed = [*tuning, *((grid, r) for r in grid.runs)] if offline else []
+    listed += [(op.grid.tune.grid, r) for r in op.grid.tune.grid.runs] if op and op.grid.tune else []
     listed += [(op.grid, r) for r in op.grid.runs] if op else []
     for g, run in listed:
         trained = _trained(g, run)
@@ -582,10 +625,10 @@ def dry_run(grid: Grid, *, offline: bool = True, onpolicy: bool = True) -> None:
         done = sum(_fresh(_round_result(op, seed, r), str(p)) for r, p in enumerate(policies, 1))
         print(f"{'done' if done == len(policies) else 'to do':8s} {op.rounds_dir(seed).name} "
               f"({len(policies)} rounds, {done} evaluated)")
-    if tuning:
-        print(f"then the chosen cell of each of {len(grid.tune.cells)} recipe(s) (by {', '.join(grid.tune.select)} "
-              f"on {grid.tune.grid.evaluation}) at seeds {grid.tune.spec.get('seeds')}, evaluated with "
-              f"{grid.evaluation}")
+    for g in [*([grid] if tuning else []), *([op.grid] if op and op.grid.tune else [])]:
+        print(f"then the chosen cell of each of {len(g.tune.cells)} recipe(s) (by {', '.join(g.tune.select)} "
+              f"on {g.tune.grid.evaluation}) at seeds {g.tune.spec.get('seeds')}, evaluated with "
+              f"{g.evaluation}")
     print(f"{len(listed)} run(s)" + (f" + rounds of {len(op.round_seeds)} seed(s)" if op and op.rounds else ""))
 
 
@@ -603,12 +646,7 @@ def reproduce(grid: Grid, *, offline: bool = True, onpolicy: bool = True, only: 
     started = time.time()
     failed, outputs = [], {}
     if offline and grid.tune:
-        print(f"[aot-reproduce] tuning: {len(grid.tune.grid.runs)} runs -> {grid.tune.grid.results_dir}, "
-              f"chosen by {', '.join(grid.tune.select)}", flush=True)
-        failed += run_grid(grid.tune.grid, only=only, jobs=jobs)
-        evaluate_sft(grid.tune.grid)
-        chosen = select(grid)
-        failed += [f"tuning of {base}" for base in chosen["unscored"]]
+        failed += tune_and_select(grid, only=only, jobs=jobs)
     if offline:
         print(f"[aot-reproduce] {len(grid.runs)} runs -> {grid.results_dir} (finished cells are skipped)",
               flush=True)
@@ -616,14 +654,17 @@ def reproduce(grid: Grid, *, offline: bool = True, onpolicy: bool = True, only: 
         evaluate_sft(grid)
         outputs.update(task.report("offline", load_results(grid.results_dir), grid.results_dir))
     if op:
-        print(f"[aot-reproduce] on-policy regime: {len(op.grid.runs)} runs"
+        print("[aot-reproduce] on-policy regime: "
+              + (f"{len(op.grid.tune.grid.runs)} tuning runs, then the chosen cells" if op.grid.tune else
+                 f"{len(op.grid.runs)} runs")
               + (f" + {op.rounds} for seeds {op.round_seeds}" if op.rounds else "")
               + f" -> {op.grid.results_dir}", flush=True)
         failed += run_onpolicy(op, only=only, jobs=jobs)
         evaluate_sft(op.grid)
         rounds = {"rounds": rounds_results(op), "rounds_recipe": op.rounds,
                   "round_seeds": op.round_seeds if op.rounds else [],
-                  "n_rounds": parse_pairs_recipe(op.rounds, op.rounds_args).rounds if op.rounds else 0}
+                  "n_rounds": parse_pairs_recipe(op.rounds, op.rounds_args).rounds if op.rounds else 0,
+                  "tuning": _tuning(op.grid)}
         outputs.update(task.report("onpolicy", load_results(op.grid.results_dir), grid.results_dir, **rounds))
     print(f"[aot-reproduce] done in {(time.time() - started) / 60:.1f} min")
     for name, path in outputs.items():

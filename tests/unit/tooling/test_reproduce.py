@@ -57,31 +57,41 @@ def test_spec_covers_the_onpolicy_regime(monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     grid = load("recipes/tiny/reproduce.grid.yaml", check=False)
     op = grid.onpolicy
-    names = [r.name for r in op.grid.runs]
-    assert len(names) == 18 and not set(names) & {r.name for r in grid.runs}
-    for method in ("aot_paired", "aot_unpaired", "dpo", "ipo", "kto", "nll_control"):
-        assert {f"onpolicy-{method}-seed_{s}" for s in (0, 1, 2)} <= set(names)
+    assert op.grid.runs == []  # its runs are the chosen cells' (issue 28's fair tuning), known after the tuning
+    tune = op.grid.tune
+    names = [r.name for r in tune.grid.runs]
+    assert len(names) == 24 and not set(names) & {r.name for r in grid.runs}
+    assert {Path(b).stem: len(c) for b, c in tune.cells.items()} == {m: 4 for m in GRADED_METHODS}
+    assert [c for c, _ in tune.cells["recipes/tiny/onpolicy/kto.yaml"]] == [
+        {"beta": b, "learning_rate": lr} for b in (1.0, 10.0) for lr in (3e-5, 1e-4)]
+    assert tune.select == ["tiny:accuracy", "tiny:win_rate_vs_sft"] and tune.grid.eval_name == "tiny_val"
+    assert tune.grid.results_dir == Path("results/reproduce-tiny/onpolicy/tune")
+    chosen = tune.expand("recipes/tiny/onpolicy/dpo.yaml", {"beta": 1.0, "learning_rate": 3e-5})
+    assert [r.name for r in chosen] == [f"onpolicy-dpo-beta_1.0-lr_3e-05-seed_{s}" for s in (0, 1, 2)]
     assert op.data == "recipes/tiny/sft.pairs.yaml" and op.data_args == [] and op.rounds and op.round_seeds
     assert op.grid.results_dir != grid.results_dir  # the offline tables never see an on-policy result
-    for run in op.grid.runs:  # the recipes as they are: their own data, built by the data stage first
+    for run in [*tune.grid.runs, *chosen]:  # the recipes as they are: their own data, built by the data stage first
         assert "dataset_mixture" not in run.overrides and run.output_dir.startswith("runs/reproduce-tiny/")
     assert main(["recipes/tiny/reproduce.grid.yaml", "--dry-run"]) == 0
     listing = capsys.readouterr().out.splitlines()  # "<state> <run>", the state depends on what is on disk
-    listed = {line[9:].split(" (")[0] for line in listing[:-1]}
-    assert {line[:8].strip() for line in listing[:-1]} <= {"to do", "trained", "done"}
-    assert {"onpolicy-kto-seed_2", "tiny-ipo-nll_0.0-seed_1", "onpolicy-rounds-seed_0"} <= listed
+    runs = [line for line in listing[:-1] if not line.startswith("then ")]
+    listed = {line[9:].split(" (")[0] for line in runs}
+    assert {line[:8].strip() for line in runs} <= {"to do", "trained", "done"}
+    assert {"onpolicy-kto-beta_10.0-lr_0.0001-seed_0", "tiny-ipo-nll_0.0-seed_1", "onpolicy-rounds-seed_0"} <= listed
     assert any(line[9:].startswith("onpolicy-rounds-seed_0 (3 rounds") for line in listing)
-    assert listing[-1] == "117 run(s) + rounds of 1 seed(s)"
+    assert listing[-2].startswith("then the chosen cell of each of 6 recipe(s) (by tiny:accuracy, ")
+    assert listing[-1] == "123 run(s) + rounds of 1 seed(s)"
     assert main(["recipes/tiny/reproduce.grid.yaml", "--dry-run", "--regime", "onpolicy"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "18 run(s) + rounds of 1 seed(s)"
+    assert capsys.readouterr().out.splitlines()[-1] == "24 run(s) + rounds of 1 seed(s)"
 
 
 def test_quick_onpolicy_data_is_its_own(monkeypatch):
     """Quick mode samples a few prompts into its own folder; every on-policy run reads its data from there."""
     monkeypatch.chdir(REPO)
     op = load("recipes/tiny/reproduce.grid.yaml", quick=True, check=False).onpolicy
-    assert len(op.grid.runs) == 6 and "--limit" in op.data_args and "--rounds" in op.rounds_args
-    for run in op.grid.runs:
+    assert len(op.grid.tune.grid.runs) == 24 and "--limit" in op.data_args and "--rounds" in op.rounds_args
+    chosen = op.grid.tune.expand("recipes/tiny/onpolicy/kto.yaml", {"beta": 1.0, "learning_rate": 1e-4})
+    for run in [*op.grid.tune.grid.runs, *chosen]:  # the tuning runs and the chosen cells' alike
         files = [f for d in run.overrides["dataset_mixture"]["datasets"] for f in d["data_files"].values()]
         assert files[0].startswith("runs/reproduce-tiny-quick/onpolicy-pairs/"), files
         assert all("runs/tiny-pairs" not in f for f in files)
@@ -121,6 +131,14 @@ def test_quick_mode_overrides_come_last(monkeypatch):
     ({"onpolicy": {"results_dir": "r", "data": "recipes/tiny/sft.pairs.yaml",
                    "sweeps": {"m": {"base": "recipes/tiny/nll_control.yaml"}}}},
      "onpolicy.sweeps.m: run tiny-nll_control-seed_0 is also in an earlier sweep"),
+    ({"onpolicy": {"results_dir": "r", "data": "recipes/tiny/sft.pairs.yaml",
+                   "tune": {"evaluation": "recipes/eval/tiny_val.eval.yaml"},
+                   "sweeps": {"m": {"base": "recipes/tiny/onpolicy/kto.yaml", "grid": {"beta": [1.0]}}}}},
+     "onpolicy.tune: key 'select' is required"),
+    ({"onpolicy": {"results_dir": "r", "data": "recipes/tiny/sft.pairs.yaml",
+                   "tune": {"evaluation": "recipes/eval/tiny_val.eval.yaml", "select": "tiny:accuracy"},
+                   "sweeps": {"m": {"base": "recipes/tiny/onpolicy/kto.yaml"}}}},
+     "onpolicy.sweeps.m: with 'tune', a sweep is a 'grid'"),
 ])
 def test_bad_spec_is_an_error_naming_the_key(tmp_path, monkeypatch, edit, message):
     monkeypatch.chdir(REPO)

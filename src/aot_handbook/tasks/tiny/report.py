@@ -284,16 +284,20 @@ def _seeds(results: list[dict]) -> str:
     return ", ".join(str(x) for x in sorted({r["run"]["seed"] for r in results if r["run"].get("seed") is not None}))
 
 
-def onpolicy_table(results: list[dict]) -> Table:
+def onpolicy_table(results: list[dict], tuned: bool = False) -> Table:
     """tabletiny-onpolicy: every on-policy method from the same SFT model, mean ± std over seeds, each seed's
-    accuracy, the 95% interval over prompts, and the Fig. 1 statistics on held-out pairs."""
+    accuracy, the 95% interval over prompts, and the Fig. 1 statistics on held-out pairs; ``tuned``: each method at
+    the cell its fair tuning chose (the grid's tuning.json)."""
     runs = [r for r in results if r["run"].get("recipe_name") != "sft"]
     rows = [Row((label, "NLL only" if stem == "nll_control" else "no NLL"), {"method": m, "recipe_name": stem})
             for label, m, stem in ONPOLICY_METHODS] + [Row(("SFT (start)", "-"), SFT_WHERE)]
     seeds = sorted({r["run"]["seed"] for r in runs if r["run"].get("seed") is not None})
     per_seed = [(f"Acc. seed {x}", ACC[1], {"where": {"seed": x}, "std": False}) for x in seeds]
     caption = ("Tiny task, on-policy regime (recipes/tiny/onpolicy/: LoRA from the SFT model, no NLL term but the "
-               "control's, trained on answers the SFT model sampled itself, judged by program): mean ± std over "
+               "control's, trained on answers the SFT model sampled itself, judged by program"
+               + ("; each method at the cell its fair tuning chose on validation prompts, tuning.json"
+                  if tuned else "")
+               + "): mean ± std over "
                f"seeds {_seeds(runs) or '-'} (n runs), [95% interval over prompts]; Fig. 1 statistics on held-out "
                "pairs")
     return Table("tiny-onpolicy", caption, ("Method", "NLL"),
@@ -323,17 +327,18 @@ def _write_table(table, results: list[dict], out_dir: Path) -> Path:
 
 
 def onpolicy_report(results: list[dict], out_dir: Path, *, rounds: list[dict] = (), rounds_recipe: str | None = None,
-                    round_seeds: list[int] = (), n_rounds: int = 0) -> dict[str, Path]:
+                    round_seeds: list[int] = (), n_rounds: int = 0, tuning: dict | None = None) -> dict[str, Path]:
     """The on-policy tables (``out_dir/tables``, beside the offline ones, under new names) and
     ``out_dir/claims-onpolicy.md``; ``rounds``: each round policy's result (``round`` and ``round_seed`` in its run
-    fields) of the rounds recipe ``rounds_recipe`` (None: no rounds), ``n_rounds`` for each of ``round_seeds``."""
+    fields) of the rounds recipe ``rounds_recipe`` (None: no rounds), ``n_rounds`` for each of ``round_seeds``;
+    ``tuning``: the regime's fair tuning (``tuning.json``: each cell's validation scores and the chosen cells)."""
     tables_dir = out_dir / "tables"
     sft = [r for r in results if r["run"].get("method") == "sft" and r["run"].get("recipe_name") == "sft"]
-    out = {"table tiny-onpolicy": _write_table(onpolicy_table(results), results, tables_dir)}
+    out = {"table tiny-onpolicy": _write_table(onpolicy_table(results, tuned=bool(tuning)), results, tables_dir)}
     if rounds_recipe:
         table = rounds_table(rounds_recipe, list(round_seeds), n_rounds)
         out["table tiny-rounds"] = _write_table(table, [*sft, *rounds], tables_dir)
-    out["claims on-policy"] = onpolicy_claims(results, list(rounds), out_dir / "claims-onpolicy.md")
+    out["claims on-policy"] = onpolicy_claims(results, list(rounds), out_dir / "claims-onpolicy.md", tuning=tuning)
     return out
 
 
@@ -346,8 +351,30 @@ def reproduction_report(regime: str, results: list[dict], out_dir: Path, **conte
     raise ValueError(f"regime must be offline or onpolicy, got {regime!r}")
 
 
+def tuning_lines(tuning: dict, labels: dict[str, str]) -> list[str]:
+    """Markdown: each recipe's tuning cells with their validation scores (the ``select`` metrics), the chosen one
+    in bold; ``labels``: recipe stem -> row label."""
+    metrics = tuning["select"]
+    lines = [f"Fair tuning: every method the same budget, each cell trained at seed 0 and evaluated with "
+             f"{tuning['evaluation']}; the cell with the best {metrics[0]} (then {', '.join(metrics[1:]) or '-'}) "
+             "is chosen. Validation " + " / ".join(m.split(":")[-1] for m in metrics) + " per cell:", "",
+             "| Method | Chosen cell | Cells |", "|---|---|---|"]
+    for base, cell in (tuning.get("chosen") or {}).items():
+        cells = []
+        for c in (c for c in tuning["cells"] if c["base"] == base):
+            text = ", ".join(f"{k} {v:g}" for k, v in c["cell"].items()) + ": " + (
+                " / ".join(f"{c['scores'][m]:.1f}" for m in metrics) if c["scores"] else "failed")
+            cells.append(f"**{text}**" if c["cell"] == cell else text)
+        stem = Path(base).stem
+        lines.append(f"| {labels.get(stem, stem)} | {', '.join(f'{k} {v:g}' for k, v in cell.items())} | "
+                     f"{'; '.join(cells)} |")
+    for base in tuning.get("unscored") or []:
+        lines.append(f"| {labels.get(Path(base).stem, base)} | none scored: not run | |")
+    return lines + [""]
+
+
 def onpolicy_claims(results: list[dict], rounds: list[dict], out: Path, *, alpha: float = 0.05,
-                    seed: int = 0) -> Path:
+                    seed: int = 0, tuning: dict | None = None) -> Path:
     """``claims-onpolicy.md``: the must-show (each method's accuracy against its SFT start, mean over seeds,
     and the relative test of it against SFT), claim 2 of claims.md in this regime, every method against the
     NLL-only control, and the rounds, each judged by the relative dominance test as in claims.md."""
@@ -363,6 +390,7 @@ def onpolicy_claims(results: list[dict], rounds: list[dict], out: Path, *, alpha
               "block, "
               f"alpha = {alpha}. '>' significantly better, '~' no significant difference; p is the corrected "
               "p-value."), "",
+             *(tuning_lines(tuning, {stem: label for label, _, stem in ONPOLICY_METHODS}) if tuning else []),
              "## Preference training without an NLL term improves on its SFT start by >= 10 points", "",
              "Held-out accuracy (600 prompts), mean ± std over seeds, against the SFT model every run started "
              "from.", "", "| Method | NLL term | Seeds | Accuracy | SFT | Difference | >= 10 points |",
