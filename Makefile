@@ -46,7 +46,7 @@ help:
 	@echo "make eval [RUN=runs/...] [EVAL=recipes/eval/...yaml] | make table [TABLE=1..10|tiny] | make plot [RUN='runs/a runs/b']"
 	@echo "make compare RUNS='runs/a runs/b ...' [EVAL=recipes/eval/...yaml] [METRICS='m1 m2']   (ranking with p-values)"
 	@echo "make reproduce-tiny [QUICK=1] [JOBS=2]   (the paper's claims on the tiny task, offline, on-policy and graded:"
-	@echo "  docs/REPRODUCTION.md; ~30 min on 2 idle cores (estimated), QUICK=1 ~2-3 min; JOBS runs at a time; resumable)"
+	@echo "  docs/REPRODUCTION.md; 35 min on 2 idle cores from a fresh clone, QUICK=1 ~3 min; JOBS runs at a time; resumable)"
 	@echo "make reproduce-tiny-graded [QUICK=1] [JOBS=2]   (the graded regime alone, every method tuned alike: G1-G5)"
 	@echo "make bench [QUICK=1]    (BENCHMARKS.md: ours vs TRL, the reference cache, the loss's scaling, generation)"
 	@echo "make pairs [RECIPE=recipes/tiny/sft.pairs.yaml] [ARGS=...]   (on-policy preference data: sample, score, pair; rounds)"
