@@ -245,6 +245,16 @@ def write_recipe(tmp_path, tiny, **changes):
     return str(path)
 
 
+def scratch_grid(tmp_path, monkeypatch, sft_steps=20):
+    """The real tiny recipes, grids and eval recipes in a scratch working directory (``tmp_path``, made the cwd),
+    the SFT stage shortened to ``sft_steps``: what ``aot-reproduce`` tests run in."""
+    for sub in ("recipes/tiny", "recipes/eval"):
+        shutil.copytree(REPO / sub, tmp_path / sub)
+    sft = tmp_path / "recipes" / "tiny" / "sft.yaml"
+    sft.write_text(yaml.safe_dump({**yaml.safe_load(sft.read_text()), "max_steps": sft_steps}))
+    monkeypatch.chdir(tmp_path)
+
+
 def copy_tiny_recipes(tmp_path, steps):
     """The real tiny recipes, shortened, in a scratch working directory."""
     (tmp_path / "recipes" / "tiny").mkdir(parents=True)

@@ -7,26 +7,16 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.helpers import REPO
+from tests.helpers import scratch_grid
 
 pytestmark = pytest.mark.slow  # every test here: make test-fast leaves them out
-
-
-def _scratch(tmp_path, monkeypatch, sft_steps=20):
-    """The real tiny recipes, spec and eval recipe in a scratch folder; a short SFT stage."""
-    for sub in ("recipes/tiny", "recipes/eval"):
-        shutil.copytree(REPO / sub, tmp_path / sub)
-    sft = tmp_path / "recipes" / "tiny" / "sft.yaml"
-    sft.write_text(yaml.safe_dump({**yaml.safe_load(sft.read_text()), "max_steps": sft_steps}))
-    monkeypatch.chdir(tmp_path)
 
 
 def test_quick_grid_end_to_end_and_resumes(tmp_path, monkeypatch):
     # 200 SFT steps: the on-policy data stage needs answers both right and wrong (150 steps: 17 of 512 right;
     # 20 steps: none, and then no pairs and no positives to train on)
-    _scratch(tmp_path, monkeypatch, sft_steps=200)
+    scratch_grid(tmp_path, monkeypatch, sft_steps=200)
     command = [sys.executable, "-m", "aot_handbook.cli", "reproduce", "recipes/tiny/reproduce.grid.yaml", "--quick"]
     first = subprocess.run(command, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -135,7 +125,7 @@ def test_jobs_2_writes_what_jobs_1_writes(tmp_path, monkeypatch):
     """aot-reproduce --jobs 2 and --jobs 1 on the quick grids, in two copies of one scratch folder (the same SFT
     run): the graded grid (the tuning, its choice, then the chosen cells) and the tiny on-policy regime (its data
     stage, then its runs and the rounds) write the same tables, claims, figures, scores and weights."""
-    _scratch(tmp_path / "one", monkeypatch, sft_steps=200)
+    scratch_grid(tmp_path / "one", monkeypatch, sft_steps=200)
     sft = subprocess.run([sys.executable, "-m", "aot_handbook.cli", "train", "recipes/tiny/sft.yaml"],
                          capture_output=True, text=True)
     assert sft.returncode == 0, sft.stderr[-3000:]

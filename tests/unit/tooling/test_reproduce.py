@@ -4,7 +4,6 @@ failing cell that does not lose the others."""
 import functools
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -14,20 +13,11 @@ import yaml
 from aot_handbook.cli import reproduce as main
 from aot_handbook.tooling.reproduce import Cell, load, run_cells, run_grid, select
 from aot_handbook.tooling.sweep import SweepError, SweepRun
-from tests.helpers import REPO
+from tests.helpers import REPO, scratch_grid
 
 SPEC = REPO / "recipes" / "tiny" / "reproduce.grid.yaml"
 GRADED = "recipes/tiny/graded/reproduce.grid.yaml"
 GRADED_METHODS = ("aot_paired", "aot_unpaired", "dpo", "ipo", "kto", "nll_control")
-
-
-def _scratch(tmp_path, monkeypatch, sft_steps=20):
-    """The real tiny recipes, spec and eval recipe in a scratch folder; a short SFT stage."""
-    for sub in ("recipes/tiny", "recipes/eval"):
-        shutil.copytree(REPO / sub, tmp_path / sub)
-    sft = tmp_path / "recipes" / "tiny" / "sft.yaml"
-    sft.write_text(yaml.safe_dump({**yaml.safe_load(sft.read_text()), "max_steps": sft_steps}))
-    monkeypatch.chdir(tmp_path)
 
 
 def test_spec_covers_the_issue_grid(monkeypatch):
@@ -152,7 +142,7 @@ def test_bad_spec_is_an_error_naming_the_key(tmp_path, monkeypatch, edit, messag
 @pytest.mark.slow
 def test_a_failing_cell_does_not_lose_the_others(tmp_path, monkeypatch):
     """run_grid records the failure (with its traceback in the run's train.log) and goes on."""
-    _scratch(tmp_path, monkeypatch)
+    scratch_grid(tmp_path, monkeypatch)
     grid = load("recipes/tiny/reproduce.grid.yaml", quick=True, check=False)
     good = next(r for r in grid.runs if r.name == "tiny-kto-nll_1.0-seed_0")
     bad = SweepRun("broken", good.base, {**good.overrides, "dataset_mixture": {"datasets": [
