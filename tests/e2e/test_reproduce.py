@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers import scratch_grid
 
@@ -124,8 +125,16 @@ def _what_a_grid_wrote(root: Path) -> dict:
 def test_jobs_2_writes_what_jobs_1_writes(tmp_path, monkeypatch):
     """aot-reproduce --jobs 2 and --jobs 1 on the quick grids, in two copies of one scratch folder (the same SFT
     run): the graded grid (the tuning, its choice, then the chosen cells) and the tiny on-policy regime (its data
-    stage, then its runs and the rounds) write the same tables, claims, figures, scores and weights."""
+    stage, its tuning and choice, then its runs and the rounds) write the same tables, claims, figures, scores and
+    weights. The on-policy tuning grid is cut to two methods of two cells each here (the full grid runs in
+    test_quick_grid_end_to_end_and_resumes), so this test stays short."""
     scratch_grid(tmp_path / "one", monkeypatch, sft_steps=200)
+    spec = Path("recipes/tiny/reproduce.grid.yaml")
+    grid = yaml.safe_load(spec.read_text())
+    grid["onpolicy"]["sweeps"] = {
+        "aot": {"base": "recipes/tiny/onpolicy/aot_paired.yaml", "grid": {"beta": [1.0, 10.0]}},
+        "nll_control": {"base": "recipes/tiny/onpolicy/nll_control.yaml", "grid": {"learning_rate": [1.0e-4, 3.0e-4]}}}
+    spec.write_text(yaml.safe_dump(grid, sort_keys=False))
     sft = subprocess.run([sys.executable, "-m", "aot_handbook.cli", "train", "recipes/tiny/sft.yaml"],
                          capture_output=True, text=True)
     assert sft.returncode == 0, sft.stderr[-3000:]
