@@ -61,13 +61,15 @@ class AOTArguments:
     aot_padding_free: bool = field(
         default=True,
         metadata={"help": "Pack a batch's pairs (or unpaired rows) several to a row, no compute on padding, the same "
-                          "log-probs (aot_handbook.packing); flash-attention runs them as one varlen row. Models "
+                          "log-probs (aot_handbook.packing); SDPA runs them as one row, attention segment by "
+                          "segment, flash-attention as one varlen row, eager/flex as masked rows. Models "
                           "that cannot take it fall back with a warning. (TRL's own padding_free is off in 1.16.)"},
     )
     aot_row_tokens: int = field(
         default=4096,
-        metadata={"help": "aot_padding_free with eager/SDPA/flex attention: the most tokens one packed row holds "
-                          "(the mask is rows x L x L); within it the row count is chosen by a cost model."},
+        metadata={"help": "aot_padding_free with eager/SDPA/flex attention: the most tokens one masked row holds "
+                          "(the mask is rows x L x L); within it the row count is chosen by a cost model (with "
+                          "SDPA, packing where it chooses several segments a row, then one row of segments)."},
     )
 
     def validate_aot(self) -> None:

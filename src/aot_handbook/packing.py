@@ -29,8 +29,16 @@ Layouts (``Layout``; the trainers pick one per model in ``layout_for``):
   sequence causal on its own (and its sliding window, if any, inside it, as in two rows). The shared-prompt
   tree cannot be said that way, so each answer is its own sequence (prompt + chosen, prompt + rejected: the
   prompt repeated) and the whole batch is one row: still no padding, no masked-out attention.
+- segments (SDPA, padding-free, the default for SDPA models): a dense mask makes every query of a row pay for
+  every key of the row, its other segments' included, so the planner above trades padding against attention.
+  SDPA is run instead segment by segment (``segment_sdpa``, registered in transformers as ``SEGMENTS``; the
+  trainers set it on their SDPA models, and it is transformers' SDPA for every other call): the whole batch is
+  one row (no padding in the linear layers) and attention costs each segment's own length squared (no query
+  meets another segment's keys). The row carries a ``(1, 3, 1, N)`` integer description of its segments
+  (segment, position, branch) in place of the mask; any other attention refuses it. Where the planner keeps
+  one segment per row (equal lengths: nothing to save), the rows and the mask stay as they are.
 - plain sequences (``pack_sequences``: the unpaired trainer's rows, prompt + completion): each TRL row its
-  own segment, in the same rows (masks) or one varlen row.
+  own segment, in the same rows (masks), one row of segments, or one varlen row.
 
 Every scored position keeps a map back to its TRL row and column (``PackedRows.unpack``), so per-row sums
 come back in TRL's order and shape and every loss downstream is unchanged. The log-probs equal the two-row
@@ -56,14 +64,18 @@ MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "phi", 
                "starcoder2", "cohere")
 ATTENTIONS = ("eager", "sdpa")  # a dense 4-D mask, as given
 FLEX = "flex_attention"  # a BlockMask
+SEGMENTS = "aot_sdpa_segments"  # SDPA segment by segment over one padding-free row (segment_sdpa)
 MAX_ROW_TOKENS = 4096  # aot_row_tokens' default: a (rows, 1, L, L) boolean mask stays at 16 MiB a row
 _SHARED, _CHOSEN, _REJECTED, _PAD = 0, 1, 2, 3
 
 
 def attention_kind(attention: str | None) -> str | None:
-    """How a packed batch reaches this attention: ``mask`` (eager, SDPA), ``flex`` (a BlockMask), ``varlen``
-    (flash-attention: sequences from the position ids alone), None (none of these)."""
+    """How a packed batch reaches this attention: ``mask`` (eager, SDPA), ``segments`` (SDPA segment by segment,
+    or a mask), ``flex`` (a BlockMask), ``varlen`` (flash-attention: sequences from the position ids alone),
+    None (none of these)."""
     attention = attention or "eager"
+    if attention == SEGMENTS:
+        return "segments"
     if attention in ATTENTIONS:
         return "mask"
     if attention == FLEX:
@@ -86,6 +98,7 @@ class Layout:
     varlen: bool = False  # one row, no mask: flash-attention reads the sequences from the position ids
     max_tokens: int = MAX_ROW_TOKENS  # the most tokens a masked row holds (or its longest segment)
     attention_tokens: float | None = None  # plan_rows' cost model (attention_tokens()); None: fewest rows
+    segments: bool = False  # SDPA segment by segment: one row wherever plan_rows would put several in a row
 
 
 ONE_PAIR_PER_ROW = Layout(padding_free=False)
@@ -106,6 +119,7 @@ class PackedRows:
     n_sources: int  # TRL rows: [chosen..., rejected...] for pairs, one per sequence otherwise
     width: int  # TRL's row width
     varlen: bool = False  # one row for flash-attention's varlen path: no mask is passed
+    per_segment: bool = False  # one row whose attention runs segment by segment (SEGMENTS): no mask is built
 
     @property
     def visible(self) -> torch.Tensor:
@@ -137,9 +151,15 @@ class PackedRows:
 
     def model_kwargs(self, attention: str) -> dict:
         """Model inputs for this attention: SDPA a boolean mask, eager an additive one (0 or the float32 minimum),
-        flex_attention a BlockMask, flash-attention none (its varlen path reads the position ids)."""
+        flex_attention a BlockMask, flash-attention none (its varlen path reads the position ids), a row of
+        segments (``SEGMENTS``) the ``(1, 3, 1, N)`` description ``segment_sdpa`` reads."""
         kwargs = {"input_ids": self.input_ids, "position_ids": self.position_ids}
         kind = attention_kind(attention)
+        if self.per_segment:
+            if kind != "segments":
+                raise ValueError(f"attention {attention!r} cannot run a row segment by segment (needs {SEGMENTS!r})")
+            description = torch.stack([self.segment, self.position_ids, self.branch], dim=1)[:, :, None]
+            return {**kwargs, "attention_mask": description}
         if kind == "varlen":
             if not self.varlen:
                 raise ValueError(f"attention {attention!r} needs the varlen layout (one row, no mask)")
@@ -147,7 +167,7 @@ class PackedRows:
         if kind == "flex":
             return {**kwargs, "attention_mask": self.block_mask()}
         mask = self.visible[:, None]
-        if attention != "sdpa":
+        if attention not in ("sdpa", SEGMENTS):
             mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
         return {**kwargs, "attention_mask": mask}
 
@@ -302,7 +322,8 @@ def _row_segments(input_ids, length, completion_mask):
     return input_ids, col, branch, scored, rows, real
 
 
-def _arrange(segments, plan: list[list[int]], n_sources: int, width: int, varlen: bool) -> PackedRows:
+def _arrange(segments, plan: list[list[int]], n_sources: int, width: int, varlen: bool,
+             per_segment: bool = False) -> PackedRows:
     """Segments (``_pair_segments``/``_row_segments``) into the rows of ``plan``, each row's tail padded."""
     tokens, position, branch, scored, source, real = segments
     device = tokens.device
@@ -325,13 +346,23 @@ def _arrange(segments, plan: list[list[int]], n_sources: int, width: int, varlen
     labels = place(tokens.masked_fill(~scored, -100), -100)
     target = place(source.masked_fill(~scored, -1), -1)[:, 1:]
     return PackedRows(input_ids=ids, position_ids=place(position, 0), labels=labels, segment=place(segment, -1),
-                      branch=place(branch, _PAD), source=target, n_sources=n_sources, width=width, varlen=varlen)
+                      branch=place(branch, _PAD), source=target, n_sources=n_sources, width=width, varlen=varlen,
+                      per_segment=per_segment)
 
 
 def _rows_of(lengths: list[int], layout: Layout) -> list[list[int]]:
     if layout.varlen:
         return [list(range(len(lengths)))]
-    return plan_rows(lengths, layout.max_tokens if layout.padding_free else None, layout.attention_tokens)
+    plan = plan_rows(lengths, layout.max_tokens if layout.padding_free else None, layout.attention_tokens)
+    if layout.segments and len(plan) < len(lengths):  # packing pays: all of it, attention per segment
+        return [list(range(len(lengths)))]
+    return plan
+
+
+def _packed(segments, layout: Layout, n_sources: int, width: int) -> PackedRows:
+    plan = _rows_of(segments[5].sum(1).tolist(), layout)
+    per_segment = layout.segments and len(plan) == 1 and len(plan[0]) > 1
+    return _arrange(segments, plan, n_sources, width, layout.varlen, per_segment)
 
 
 def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
@@ -354,8 +385,7 @@ def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion
         return None
     tree = layout.share_prompt and not layout.varlen
     segments = pairs if tree else _row_segments(input_ids, length, completion_mask)
-    lengths = segments[5].sum(1).tolist()
-    return _arrange(segments, _rows_of(lengths, layout), input_ids.size(0), input_ids.size(1), layout.varlen)
+    return _packed(segments, layout, input_ids.size(0), input_ids.size(1))
 
 
 def pack_sequences(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
@@ -367,8 +397,56 @@ def pack_sequences(input_ids: torch.Tensor, attention_mask: torch.Tensor, comple
     if rows is None or (not layout.varlen and max_span is not None and int(rows[0].max()) > max_span):
         return None
     segments = _row_segments(input_ids, rows[0], completion_mask)
-    lengths = segments[5].sum(1).tolist()
-    return _arrange(segments, _rows_of(lengths, layout), input_ids.size(0), input_ids.size(1), layout.varlen)
+    return _packed(segments, layout, input_ids.size(0), input_ids.size(1))
+
+
+# ---------------------------------------------------------------- SDPA segment by segment
+
+
+def segment_sdpa(module, query, key, value, attention_mask, **kwargs):
+    """transformers' SDPA (``sdpa_attention_forward``: its GQA, scaling, dropout), run on each segment of a row
+    that carries its segments' description (``PackedRows.model_kwargs``): queries ``(1, heads, N, dim)``, the
+    description ``(1, 3, 1, N)`` of segment, position and branch per token. A segment of one sequence is causal;
+    a pair's tree gets its own ``(1, 1, n, n)`` mask. Any other call (a mask, or none): SDPA as it is."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    described = (attention_mask is not None and attention_mask.dtype == torch.long and attention_mask.dim() == 4
+                 and attention_mask.shape[1:3] == (3, 1))
+    if not described:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if query.size(0) != 1:
+        raise ValueError(f"a row of segments is one row; got a batch of {query.size(0)}")
+    kwargs.pop("is_causal", None)
+    segment, position, branch = attention_mask[0, :, 0]
+    _, index, sizes = torch.unique_consecutive(segment, return_inverse=True, return_counts=True)
+    trees = torch.zeros_like(sizes).index_add_(0, index, (branch != _SHARED).long())  # > 0: a pair's tree
+    outputs, start = [], 0
+    for size, tree in zip(sizes.tolist(), trees.tolist()):
+        part = slice(start, start + size)
+        start += size
+        mask = None
+        if tree:  # a key in the shared prompt or in the query's own branch, and not later
+            pos, br = position[part], branch[part]
+            mask = (pos[None, :] <= pos[:, None]) & ((br[None, :] == _SHARED) | (br[None, :] == br[:, None]))
+            mask = mask[None, None]
+        out, _ = sdpa_attention_forward(module, query[:, :, part], key[:, :, part], value[:, :, part], mask,
+                                        is_causal=mask is None, **kwargs)
+        outputs.append(out)  # (1, n, heads, dim)
+    return torch.cat(outputs, dim=1), None
+
+
+def use_segment_attention(models) -> None:
+    """Registers ``segment_sdpa`` in transformers as ``SEGMENTS`` (its masks: SDPA's) and sets it on these SDPA
+    models (None skipped), so a row of segments runs per segment, also when gradient checkpointing recomputes
+    a layer; every other call is transformers' SDPA, unchanged. The saved config does not keep it."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(SEGMENTS, segment_sdpa)
+    AttentionMaskInterface.register(SEGMENTS, sdpa_mask)
+    for model in (m for m in models if m is not None):
+        if model_attention(model) == "sdpa":
+            model.config._attn_implementation = SEGMENTS
 
 
 # ---------------------------------------------------------------- which layout a model takes
@@ -395,7 +473,8 @@ def layout_for(models, *, padding_free: bool, share_prompt: bool = True,
                max_tokens: int = MAX_ROW_TOKENS) -> tuple[Layout | None, str | None]:
     """The layout the policy and reference (``models``; None entries skipped) both take, or (None, why not).
     Flash-attention: one varlen row (no tree, no mask); eager/SDPA/flex: masked rows, several segments per row
-    with ``padding_free``, the tree with ``share_prompt``."""
+    with ``padding_free``, the tree with ``share_prompt``; SDPA (policy and reference) with ``padding_free``: one
+    row of segments where packing pays (``segments``; the caller sets ``use_segment_attention``)."""
     models = [m for m in models if m is not None]
     for model in models:
         reason = unsupported_reason(model, padding_free)
@@ -407,8 +486,9 @@ def layout_for(models, *, padding_free: bool, share_prompt: bool = True,
             return None, (f"the models' attentions {sorted(model_attention(m) for m in models)} mix flash-attention "
                           "(sequences from position ids, one row) with masked rows")
         return Layout(padding_free=True, share_prompt=False, varlen=True), None
+    sdpa = all(model_attention(m) in ("sdpa", SEGMENTS) for m in models)
     return Layout(padding_free=padding_free, share_prompt=share_prompt, max_tokens=max_tokens,
-                  attention_tokens=attention_tokens(models[0].config)), None
+                  attention_tokens=attention_tokens(models[0].config), segments=padding_free and sdpa), None
 
 
 def completion_logps(model, backbone, labels: torch.Tensor, **inputs):

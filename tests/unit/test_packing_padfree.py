@@ -15,14 +15,17 @@ from trl import DPOConfig
 
 from aot_handbook.configs import AOTConfig, AOTUnpairedConfig
 from aot_handbook.packing import (
+    SEGMENTS,
     Layout,
     PackedRows,
     attention_tokens,
     layout_for,
+    model_attention,
     pack_pairs,
     pack_sequences,
     plan_rows,
     unsupported_reason,
+    use_segment_attention,
 )
 from aot_handbook.trainers import AOTTrainer, UnpairedAOTTrainer
 from tests.helpers import PACKING_ARGS, collated_pairs, small_model, token_logps, uneven_pairs, unpaired_rows
@@ -31,6 +34,7 @@ ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma")
 # (prompt, chosen, rejected) lengths: 8 pairs of uneven lengths, one-token prompt and answers included
 SHAPES = [(5, 3, 4), (1, 2, 6), (7, 1, 1), (3, 5, 2), (2, 4, 4), (9, 6, 3), (4, 1, 7), (6, 2, 2)]
 FEW_ROWS = Layout(max_tokens=40)  # no cost model: the fewest rows of at most 40 tokens (3 here)
+SEGMENT_ROW = Layout(max_tokens=40, segments=True)  # where plan_rows packs (3 rows): one row of segments
 
 
 def _batch8(**collator):
@@ -80,6 +84,53 @@ def test_padfree_logps_and_grads_equal_trls_rows(model_type, attention, kind):
     torch.testing.assert_close(got.sum(1), expected.sum(1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(_grads(model, _packed_tokens(model, packed, attention)),
                                _grads(model, _two_row_tokens(model, batch)), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+@pytest.mark.parametrize("kind", ["pairs", "sequences"])
+def test_segments_logps_and_grads_equal_trls_rows(model_type, kind):
+    """SDPA segment by segment (``segment_sdpa``) over one row holding the whole batch, no padding: every
+    answer's per-token log-probs within 1e-5 of TRL's rows under plain SDPA (float32), gradients equal.
+    ``pairs``: the shared-prompt tree (each segment its own mask); ``sequences``: plain packing (causal)."""
+    model = small_model(model_type, "sdpa")
+    batch = _batch8()
+    expected = _two_row_tokens(model, batch)  # before the switch: transformers' SDPA
+    expected_grads = _grads(model, _two_row_tokens(model, batch))
+    use_segment_attention([model])
+    assert model_attention(model) == SEGMENTS
+    packed = _pack(batch, SEGMENT_ROW, sequences=kind == "sequences")
+    stats = packed.stats()
+    assert packed.per_segment and stats["rows"] == 1 and stats["padding"] == 0
+    assert stats["segments"] == {"pairs": 8, "sequences": 16}[kind]
+    got = _packed_tokens(model, packed, SEGMENTS)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_grads(model, _packed_tokens(model, packed, SEGMENTS)), expected_grads,
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_segment_attention_is_sdpa_for_every_other_call(tmp_path):
+    """The attention the trainers set on SDPA models changes nothing but rows of segments: a padded batch and
+    a dense mask give SDPA's logits bit for bit; a row of segments reaches no other attention; equal lengths keep
+    their rows; eager models are left alone; the saved config does not name it."""
+    model, batch = small_model("mistral", "sdpa"), _batch8()
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    before = model(**inputs).logits
+    dense = _packed_tokens(model, _pack(batch, FEW_ROWS), "sdpa")
+    use_segment_attention([model, None])
+    assert torch.equal(model(**inputs).logits, before)
+    assert torch.equal(_packed_tokens(model, _pack(batch, FEW_ROWS), SEGMENTS), dense)
+    row = _pack(batch, SEGMENT_ROW)
+    for attention in ("sdpa", "eager", "flex_attention", "flash_attention_2"):
+        with pytest.raises(ValueError, match=SEGMENTS):
+            row.model_kwargs(attention)
+    equal = collated_pairs([(4, 3, 3)] * 6)  # nothing to save: one pair per row, a dense mask, as before
+    rows = _pack(equal, Layout(segments=True, attention_tokens=attention_tokens(model.config)))
+    assert not rows.per_segment and rows.stats()["rows"] == 6 and rows.stats()["padding"] == 0
+    eager = small_model("llama", "eager")
+    use_segment_attention([eager])
+    assert model_attention(eager) == "eager"
+    model.save_pretrained(tmp_path)
+    assert SEGMENTS not in (tmp_path / "config.json").read_text()
 
 
 def test_rows_hold_what_they_say():
@@ -179,6 +230,10 @@ def test_layout_for_each_attention():
     policy, ref = small_model("llama", "sdpa"), small_model("llama", "eager")
     layout, _ = layout_for([policy, ref], padding_free=True)
     assert layout.padding_free and layout.share_prompt and not layout.varlen
+    assert not layout.segments  # an eager reference takes a dense mask: rows, not segments
+    assert layout_for([policy, small_model("llama", "sdpa")], padding_free=True)[0].segments
+    use_segment_attention([policy])
+    assert layout_for([policy, None], padding_free=True)[0].segments  # set by an earlier trainer: still SDPA
     assert layout.attention_tokens == attention_tokens(policy.config)
     assert layout_for([policy, None], padding_free=False)[0] == Layout(padding_free=False, attention_tokens=layout
                                                                           .attention_tokens)
@@ -256,13 +311,19 @@ def test_paired_trainer_padfree_equals_one_row_and_trls_rows(tiny, tmp_path):
     data = uneven_pairs(16)
     trainers = {name: _paired_trainer(tiny, tmp_path / name, data, aot_nll_weight=0.5, **flags)
                 for name, flags in (("padfree", {}), ("one_row", {"aot_padding_free": False}),
-                                    ("two_rows", {"aot_share_prompt": False}))}
+                                    ("two_rows", {"aot_share_prompt": False}),
+                                    ("checkpointed", {"gradient_checkpointing": True}))}
     batch = next(iter(trainers["two_rows"].get_train_dataloader()))
     rows = _rows_seen(trainers["padfree"].model, trainers["padfree"].ref_model)
     results = {name: _loss_and_grads(t, batch) for name, t in trainers.items()}
     assert len(rows) == 2 and rows[0] == rows[1] and rows[0][0] < 16, rows  # policy, then reference: same rows
+    # SDPA models: one row of segments, attention per segment, also where checkpointing recomputes the layers
+    for name in ("padfree", "checkpointed"):
+        assert trainers[name]._pack(batch, log=False).per_segment and rows[0][0] == 1
+        assert {model_attention(m) for m in (trainers[name].model, trainers[name].ref_model)} == {SEGMENTS}
+    assert model_attention(trainers["one_row"].model) == "sdpa"
     assert abs(results["two_rows"][0].item() - 0.6931) > 1e-3  # policy != reference: a real comparison
-    for name in ("padfree", "one_row"):
+    for name in ("padfree", "one_row", "checkpointed"):
         torch.testing.assert_close(results[name][0], results["two_rows"][0], rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(results[name][1], results["two_rows"][1], rtol=1e-4, atol=1e-6)
     logs = {name: {k: v[-1] for k, v in t._metrics["train"].items() if k.startswith("layout/")}

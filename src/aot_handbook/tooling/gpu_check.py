@@ -232,17 +232,19 @@ def check_flash_fallback(*, device: str, dtype, shape: str = "small") -> str:
 
 def check_padding_free(*, device: str, dtype, shape: str = "small") -> str:
     """aot_padding_free through the attentions that cannot run on a CPU: flash_attention_2 (one varlen row, no
-    mask: transformers cuts it into sequences where the position ids restart) when flash-attn is installed, and
-    flex_attention (rows with a BlockMask; torch has no flex backward on CPU). Per attention, through our trainer
+    mask: transformers cuts it into sequences where the position ids restart) when flash-attn is installed,
+    flex_attention (rows with a BlockMask; torch has no flex backward on CPU) and SDPA (one row of segments,
+    ``segment_sdpa``, on the GPU's kernels: the CPU tests cover its math). Per attention, through our trainer
     (LoRA, gradient checkpointing, TRL's fused head): the packed layout is the one expected, its sequence
     log-probs and its LoRA gradients equal TRL's two rows (same kernel, the padded path) within ``TOLERANCE``,
     and a training step runs with a finite loss."""
     attentions = ["flash_attention_2"] if importlib.util.find_spec("flash_attn") else []
     details = [] if attentions else ["flash-attn not installed: varlen not checked"]
-    for attn in [*attentions, "flex_attention"]:
+    for attn in [*attentions, "flex_attention", "sdpa"]:
         trainer, _ = aot_trainer("llama", "aot_paired", device=device, dtype=dtype, shape=shape, attn=attn, steps=1)
         layout = trainer._packing["layout"]
-        if layout is None or layout.varlen != (attn == "flash_attention_2"):
+        kind = {"flash_attention_2": "varlen", "sdpa": "segments"}.get(attn, "rows")
+        if layout is None or kind != ("varlen" if layout.varlen else "segments" if layout.segments else "rows"):
             raise AssertionError(f"{attn}: layout {layout} ({trainer._packing['off']})")
         batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
         packed, model = trainer._pack(batch), trainer.model
@@ -391,8 +393,9 @@ def run_checks(*, device: str = "cuda", dtype=torch.bfloat16, shape: str = "smal
     _run("paged_adamw_32bit", lambda: check_aot_steps("llama", "aot_paired", device=device, dtype=dtype, shape=shape,
                                                        optim="paged_adamw_32bit"), results, needs=no_bnb)
     _run("4-bit QLoRA load + step", lambda: check_qlora(dtype=dtype), results, needs=no_bnb)
-    _run("padding-free: flash varlen, flex", lambda: check_padding_free(device=device, dtype=dtype, shape=shape),
-         results, needs=None if cuda else "needs CUDA")
+    _run("padding-free: flash varlen, flex, SDPA segments",
+         lambda: check_padding_free(device=device, dtype=dtype, shape=shape), results,
+         needs=None if cuda else "needs CUDA")
     _run("peak memory per step", lambda: check_memory(device=device, dtype=dtype, shape=shape), results)
     no_vllm = None if cuda and vllm and _installed("vllm") else "vllm not installed" if cuda and vllm else \
         "not asked" if cuda else "needs CUDA"

@@ -34,7 +34,7 @@ from trl.trainer.utils import use_adapter
 
 from ..diagnostics import fsd_diagnostics
 from ..loss import aot_loss
-from ..packing import PackedRows, completion_logps, layout_for, pack_pairs, pack_sequences
+from ..packing import PackedRows, completion_logps, layout_for, pack_pairs, pack_sequences, use_segment_attention
 from .baselines import mean_nll
 from .distributed import _multi_process, all_reduce_sum, gather_with_grad, world_size
 from .optimizer_batch import MicroBatch, OptimizerBatchStep
@@ -89,6 +89,9 @@ class _AOTObjective(OptimizerBatchStep):
             if off:
                 logger.warning("%s: %s (TRL's layout): %s", ", ".join(on),
                                "two rows per pair" if pairs else "one row per sequence", off)
+            elif layout.segments:  # SDPA segment by segment on a row of segments, transformers' SDPA otherwise
+                use_segment_attention(self.accelerator.unwrap_model(m) for m in (self.model, self.ref_model)
+                                      if m is not None)
         config = self.model.config.get_text_config()
         use_window = getattr(config, "use_sliding_window", True)  # Qwen2 keeps a window it does not use
         return {"off": off, "layout": layout, "span": getattr(config, "sliding_window", None) if use_window else None}
