@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -195,9 +196,14 @@ def realistic_assets(n_pairs: int, seed: int = 0):
     return tokenizer, pairs, model
 
 
+OURS = ("ours", "ours_rows", "one_row", "ours_two_rows")
+
+
 def _build_trainer(side: str, loss_type: str, steps: int, batch: int, seed: int, shape: str = "tiny"):
-    """Ours (AOTTrainer: ``ours`` its default, padding-free rows; ``one_row``: ``aot_padding_free=False``, one row
-    per pair; ``ours_two_rows``: ``aot_share_prompt=False``, TRL's layout) or TRL's DPOTrainer AOT: same model,
+    """Ours (AOTTrainer: ``ours`` its default, padding-free: with SDPA one row of segments, ``segment_sdpa``;
+    ``ours_rows``: padding-free in ``plan_rows``' rows under a dense mask, the default before; ``one_row``:
+    ``aot_padding_free=False``, one row per pair; ``ours_two_rows``: ``aot_share_prompt=False``, TRL's layout)
+    or TRL's DPOTrainer AOT: same model,
     data, batch, steps, seed. ``shape``: the tiny task, or ``realistic``
     (``realistic_assets``: a 32k vocabulary, UltraFeedback-like lengths)."""
     import copy
@@ -226,9 +232,13 @@ def _build_trainer(side: str, loss_type: str, steps: int, batch: int, seed: int,
                   gradient_checkpointing=False,
                   report_to="none", save_strategy="no", eval_strategy="no", logging_steps=steps,
                   dataloader_num_workers=0, precompute_ref_log_probs=False, disable_tqdm=True)
-    if side in ("ours", "one_row", "ours_two_rows"):  # the default (padding-free), one row per pair, TRL's rows
+    if side in OURS:  # the default (padding-free), its masked rows, one row per pair, TRL's rows
         cls, args = AOTTrainer, AOTConfig(loss_type=loss_type, aot_share_prompt=side != "ours_two_rows",
-                                          aot_padding_free=side == "ours", **common)
+                                          aot_padding_free=side in ("ours", "ours_rows"), **common)
+        trainer = cls(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tokenizer)
+        if side == "ours_rows":  # SDPA over a dense mask in plan_rows' rows (the default before segment_sdpa)
+            trainer._packing["layout"] = dataclasses.replace(trainer._packing["layout"], segments=False)
+        return trainer
     else:
         # trl_pad64: TRL with its rows padded to a multiple of 64, the same math in another float rounding
         # (a control: how far float32 alone moves the losses at these shapes).
@@ -274,7 +284,7 @@ def _positions(side: str, trainer, inputs) -> dict:
     real, pairs = int(inputs["attention_mask"].sum()), ids.size(0) // 2  # (TRL drops prompts over max_length)
     if side == "trl":
         return {"tokens": ids.numel(), "real": real, "logits": ids.size(0) * (ids.size(1) - 1), "pairs": pairs}
-    packed = trainer._pack(inputs, log=False) if side in ("ours", "one_row") else None
+    packed = trainer._pack(inputs, log=False) if side in ("ours", "ours_rows", "one_row") else None
     if packed is None:
         return {"tokens": ids.numel(), "real": real, "logits": int(inputs["completion_mask"][:, 1:].sum()),
                 "pairs": pairs}
@@ -532,7 +542,7 @@ def realistic_table(res: dict) -> str:
 # ---------------------------------------------------------------- 1c. padding-free rows at batch 4, 16, 32
 
 
-PADFREE_SIDES = ("ours", "one_row", "trl")
+PADFREE_SIDES = ("ours", "ours_rows", "one_row", "trl")
 
 
 def _available_mb() -> float:
@@ -545,10 +555,11 @@ def _available_mb() -> float:
 
 def bench_padfree(*, batches=(4, 16, 32), steps=4, warmup=1, memory_steps=10, seed=0, loss_type="aot_paired",
                   profile_batch: int | None = 16, memory_share=0.6) -> dict:
-    """Padding-free rows (``ours``, the default) against one row per pair (``one_row``, the default before) and
-    TRL on the realistic shapes, per batch size: training steps interleaved in one process (``_steps_child``);
-    peak RSS and ``memory_steps`` steps' losses of ``train()``, each side in a fresh process; where a step's time
-    goes (``_profile_child``) at ``profile_batch``. TRL's peak grows with its rows (its head keeps every
+    """Padding-free (``ours``, the default: with SDPA one row, attention per segment), padding-free rows under a
+    dense mask (``ours_rows``, the default before), one row per pair (``one_row``) and TRL on the realistic
+    shapes, per batch size: training steps interleaved in one process (``_steps_child``); peak RSS and
+    ``memory_steps`` steps' losses of ``train()``, each side in a fresh process; where a step's time goes
+    (``_profile_child``) at ``profile_batch``. TRL's peak grows with its rows (its head keeps every
     position); where its peak, extrapolated from the smallest batch, would exceed ``memory_share`` of the
     memory available now, TRL is left out at that batch (and said so)."""
     out = {}
@@ -574,7 +585,8 @@ def bench_padfree(*, batches=(4, 16, 32), steps=4, warmup=1, memory_steps=10, se
 
 
 def padfree_table(res: dict) -> str:
-    names = {"ours": "padding-free (default)", "one_row": "one row per pair (before)", "trl": "TRL"}
+    names = {"ours": "padding-free, one row, SDPA per segment (default)",
+             "ours_rows": "padding-free rows, dense mask (before)", "one_row": "one row per pair", "trl": "TRL"}
     rows = []
     for batch, r in res.items():
         if not isinstance(batch, int):
@@ -595,7 +607,8 @@ def padfree_table(res: dict) -> str:
 
 
 def _profile_child(batch: int, seed: int, steps: int = 2) -> dict:
-    """Where a training step's time goes, padding-free rows against one row per pair (same batches, interleaved):
+    """Where a training step's time goes, padding-free (one row of segments; rows under a dense mask) against one
+    row per pair (same batches, interleaved):
     torch.profiler self CPU time of the attention kernels (SDPA forward and backward), the backbone's matrix
     products, the LM head (every op on a vocabulary-wide tensor: TRL's chunked head and its backward) and the
     layout's construction (``_pack`` and the mask, timed as named ranges); the rest (norms, rotary, activations,
@@ -606,7 +619,7 @@ def _profile_child(batch: int, seed: int, steps: int = 2) -> dict:
 
     vocab = REALISTIC_MODEL["vocab_size"]
     trainers = {side: _build_trainer(side, "aot_paired", steps + 1, batch, seed, "realistic")
-                for side in ("ours", "one_row")}
+                for side in ("ours", "ours_rows", "one_row")}
     make_mask = PackedRows.model_kwargs
 
     def timed_mask(self, attention):
@@ -658,7 +671,8 @@ def _profile_child(batch: int, seed: int, steps: int = 2) -> dict:
 
 
 def profile_table(res: dict) -> str:
-    names = {"ours": "padding-free (default)", "one_row": "one row per pair (before)"}
+    names = {"ours": "padding-free, SDPA per segment (default)", "ours_rows": "padding-free rows, dense mask",
+             "one_row": "one row per pair"}
     rows = []
     for side, p in res["parts"].items():
         rows.append([names[side], f"{p['total']:.2f}",

@@ -7,7 +7,7 @@ from aot_handbook.tooling.gpu_check import CheckResult, _run, render_table, run_
 from tests.helpers import run_make
 
 CUDA_ONLY = {"flash-attention fallback + warning", "paged_adamw_32bit", "4-bit QLoRA load + step", "vLLM generation",
-             "padding-free: flash varlen, flex"}
+             "padding-free: flash varlen, flex, SDPA segments"}
 
 
 @pytest.mark.slow
