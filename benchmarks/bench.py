@@ -581,7 +581,40 @@ def bench_padfree(*, batches=(4, 16, 32), steps=4, warmup=1, memory_steps=10, se
         out[batch] = {"steps": st, "train": runs, "note": note}
     if profile_batch:
         out["profile"] = _child(["_profile", str(profile_batch), str(seed)])
+        out["backbone"] = _child(["_backbone", str(steps), str(profile_batch), str(seed), str(warmup)])
     return out
+
+
+def _backbone_child(steps: int, batch: int, seed: int, warmup: int,
+                    sides: tuple = ("ours", "ours_rows", "one_row")) -> dict:
+    """The layouts without the LM head: per training step the policy's transformer (``model.model``) forward
+    and backward over the trainer's own packed rows (a loss on the scored positions' hidden states) and the
+    reference's forward, the sides interleaved step by step on the same batches, as in ``_steps_child``. The
+    part of a step that the layout changes, and what a 7B model on a GPU is mostly made of; the head, the same
+    in every layout, is 68-80% of this CPU model's step."""
+    from aot_handbook.packing import model_attention
+
+    trainers = {side: _build_trainer(side, "aot_paired", steps, batch, seed, "realistic") for side in sides}
+    batches = [b for b, _ in zip(trainers[sides[0]].get_train_dataloader(), range(steps))]
+    times = {side: [] for side in sides}
+    for t in trainers.values():
+        t.model.train()
+    for i in range(warmup + steps):
+        b = batches[i % len(batches)]
+        for side in sides[i % len(sides):] + sides[:i % len(sides)]:
+            t = trainers[side]
+            t0 = time.perf_counter()
+            packed = t._pack(b, log=False)
+            hidden = t.model.model(**packed.model_kwargs(model_attention(t.model)), use_cache=False).last_hidden_state
+            hidden[:, :-1][packed.labels[:, 1:] != -100].square().mean().backward()
+            with torch.no_grad():
+                t.ref_model.model(**packed.model_kwargs(model_attention(t.ref_model)), use_cache=False)
+            dt = time.perf_counter() - t0
+            t.model.zero_grad(set_to_none=True)
+            if i >= warmup:
+                times[side].append(dt)
+    return {"batch": batch, "seed": seed, "step_s": {s: summary(v) for s, v in times.items()},
+            "ratios": {s: summary([b / a for a, b in zip(times[s], times["one_row"])]) for s in sides}}
 
 
 def padfree_table(res: dict) -> str:
@@ -1021,8 +1054,9 @@ def run(sections: list[str], quick: bool) -> dict:
             res = {"padfree": res}
         if name in ("realistic", "padfree"):
             if res["padfree"]:
-                print("\npadding-free rows against one row per pair and TRL, batch 4, 16, 32 (steps interleaved in "
-                      "one process per batch; RSS and losses: train(), a fresh process per side):\n")
+                print("\npadding-free (one row of segments; rows under a dense mask) against one row per pair and "
+                      "TRL, batch 4, 16, 32 (steps interleaved in one process per batch; RSS and losses: train(), a "
+                      "fresh process per side):\n")
                 print(padfree_table(res["padfree"]))
                 for batch, r in res["padfree"].items():
                     if isinstance(batch, int) and r["note"]:
@@ -1031,6 +1065,10 @@ def run(sections: list[str], quick: bool) -> dict:
                     print(f"\nwhere a step's time goes, batch {res['padfree']['profile']['batch']} (torch.profiler "
                           "self CPU time, scaled to the measured step):\n")
                     print(profile_table(res["padfree"]["profile"]))
+                if "backbone" in res["padfree"]:
+                    bb = res["padfree"]["backbone"]
+                    print(f"\nthe layouts without the LM head, batch {bb['batch']} (one-row time / this, per step): "
+                          + ", ".join(f"{side} {fmt(r, 3)}" for side, r in bb["ratios"].items()))
         if name == "realistic":
             if res["layouts"]:
                 print("\nwhere the time goes, per layout "
@@ -1095,6 +1133,8 @@ def _child_main(argv: list[str]) -> None:
         loss_type, steps, batch, seed, warmup, *rest = argv[1:8]
         sides = {"sides": tuple(rest[1].split(","))} if len(rest) > 1 else {}
         _emit(_steps_child(loss_type, int(steps), int(batch), int(seed), int(warmup), *rest[:1], **sides))
+    elif cmd == "_backbone":
+        _emit(_backbone_child(*(int(x) for x in argv[1:5])))
     elif cmd == "_profile":
         _emit(_profile_child(int(argv[1]), int(argv[2])))
     elif cmd == "_layouts":

@@ -208,3 +208,17 @@ def test_attention_tokens_of_the_benchmark_model():
     config = LlamaConfig(**bench.REALISTIC_MODEL)
     # (q, k, v, o: 256 x (256 + 64 + 64 + 256)) + MLP 3 x 256 x 896, over 2 x 256 per key
     assert attention_tokens(config) == (256 * 32 * 2 * (8 + 2) + 3 * 256 * 896) / (2 * 8 * 32) == 1664
+
+
+def test_backbone_child_times_each_layout_on_its_own_rows():
+    """bench._backbone_child (BENCHMARKS 1c, the layouts without the LM head): each side runs the trainer's own
+    layout (the default a row of segments, ours_rows the dense-mask rows, one_row a pair per row) on the same
+    batches, and the ratios are against one row per pair."""
+    res = bench._backbone_child(1, 4, 0, 0)
+    assert set(res["step_s"]) == {"ours", "ours_rows", "one_row"} and res["batch"] == 4
+    assert res["ratios"]["one_row"]["median"] == 1.0 and all(r["n"] == 1 for r in res["ratios"].values())
+    trainers = {side: bench._build_trainer(side, "aot_paired", 1, 4, 0, "realistic") for side in res["step_s"]}
+    batch = next(iter(trainers["ours"].get_train_dataloader()))
+    packed = {side: t._pack(batch, log=False) for side, t in trainers.items()}
+    assert packed["ours"].per_segment and packed["ours"].stats()["padding"] == 0
+    assert not packed["ours_rows"].per_segment and packed["one_row"].stats()["rows"] == 4
