@@ -417,22 +417,32 @@ def segment_sdpa(module, query, key, value, attention_mask, **kwargs):
     if query.size(0) != 1:
         raise ValueError(f"a row of segments is one row; got a batch of {query.size(0)}")
     kwargs.pop("is_causal", None)
-    segment, position, branch = attention_mask[0, :, 0]
+    # The same description reaches every layer (and a checkpointed layer's recomputation): read it once.
+    parts = getattr(attention_mask, "_aot_parts", None)
+    if parts is None:
+        parts = attention_mask._aot_parts = _segment_parts(attention_mask)
+    outputs = [sdpa_attention_forward(module, query[:, :, part], key[:, :, part], value[:, :, part], mask,
+                                      is_causal=mask is None, **kwargs)[0] for part, mask in parts]
+    return torch.cat(outputs, dim=1), None  # (1, N, heads, dim)
+
+
+def _segment_parts(description: torch.Tensor) -> list[tuple[slice, torch.Tensor | None]]:
+    """Each segment's slice of the row and its mask: None for one sequence (causal), for a pair's tree
+    ``(1, 1, n, n)``: a key in the shared prompt or in the query's own branch, and not later."""
+    segment, position, branch = description[0, :, 0]
     _, index, sizes = torch.unique_consecutive(segment, return_inverse=True, return_counts=True)
     trees = torch.zeros_like(sizes).index_add_(0, index, (branch != _SHARED).long())  # > 0: a pair's tree
-    outputs, start = [], 0
+    parts, start = [], 0
     for size, tree in zip(sizes.tolist(), trees.tolist()):
         part = slice(start, start + size)
         start += size
         mask = None
-        if tree:  # a key in the shared prompt or in the query's own branch, and not later
+        if tree:
             pos, br = position[part], branch[part]
             mask = (pos[None, :] <= pos[:, None]) & ((br[None, :] == _SHARED) | (br[None, :] == br[:, None]))
             mask = mask[None, None]
-        out, _ = sdpa_attention_forward(module, query[:, :, part], key[:, :, part], value[:, :, part], mask,
-                                        is_causal=mask is None, **kwargs)
-        outputs.append(out)  # (1, n, heads, dim)
-    return torch.cat(outputs, dim=1), None
+        parts.append((part, mask))
+    return parts
 
 
 def use_segment_attention(models) -> None:

@@ -13,6 +13,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig
 
+from aot_handbook import packing
 from aot_handbook.configs import AOTConfig, AOTUnpairedConfig
 from aot_handbook.packing import (
     SEGMENTS,
@@ -102,7 +103,12 @@ def test_segments_logps_and_grads_equal_trls_rows(model_type, kind):
     stats = packed.stats()
     assert packed.per_segment and stats["rows"] == 1 and stats["padding"] == 0
     assert stats["segments"] == {"pairs": 8, "sequences": 16}[kind]
-    got = _packed_tokens(model, packed, SEGMENTS)
+    reads = []
+    parts = packing._segment_parts
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(packing, "_segment_parts", lambda d: reads.append(d) or parts(d))
+        got = _packed_tokens(model, packed, SEGMENTS)
+    assert len(reads) == 1  # the row's segments read once per forward, not once per layer
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(_grads(model, _packed_tokens(model, packed, SEGMENTS)), expected_grads,
                                rtol=1e-4, atol=1e-6)
